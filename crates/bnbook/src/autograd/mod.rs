@@ -1,0 +1,403 @@
+//! A small reverse-mode automatic differentiation engine over `ndarray`.
+//!
+//! *Book: chapter "Autograd in a few hundred lines".*
+//!
+//! **The design in one paragraph.** A [`Tensor`] is a cheap, clonable handle
+//! (an `Rc`) to a node that holds an `f32` array (`value`), an optional
+//! gradient (`grad`), the tensors it was computed from (`parents`) and a
+//! closure that knows the operation's local derivative (`backward`). Every
+//! operation — `mul`, `matmul`, `conv2d`, … — is one function in which the
+//! forward computation and its backward rule (a vector–Jacobian product) sit
+//! side by side. Calling [`Tensor::backward`] on a scalar loss sorts the graph
+//! once (children after parents), then walks it in reverse: each node hands
+//! the gradient of the loss with respect to its output to its closure, which
+//! returns one gradient per parent, and the engine *adds* (`+=`) those into
+//! the parents' `grad`. Nodes are whole tensors, not single numbers, so a
+//! LeNet step has a few dozen nodes, not millions. Parameters are leaf
+//! tensors that you keep; the per-step graph hangs off the loss and is freed
+//! when the loss is dropped, so memory does not grow over a training run.
+//! Nothing borrows anything else, which is what a Jupyter (evcxr) notebook
+//! needs to keep tensors from one cell to the next.
+//!
+//! ```
+//! use bnbook::Tensor;
+//! use bnbook::ndarray::array;
+//!
+//! let x = Tensor::parameter(array![1.0_f32, 2.0, 3.0].into_dyn());
+//! let loss = (&x * &x).sum_all(); // x1² + x2² + x3²
+//! loss.backward();
+//! assert_eq!(x.grad().unwrap(), array![2.0_f32, 4.0, 6.0].into_dyn());
+//! ```
+
+mod conv;
+mod loss;
+mod ops;
+
+pub use ops::sum_to_shape;
+
+use ndarray::ArrayD;
+use std::cell::{Ref, RefCell, RefMut};
+use std::collections::HashSet;
+use std::fmt;
+use std::rc::Rc;
+
+/// What an operation's backward closure receives.
+///
+/// `grad` is ∂loss/∂output (same shape as `output`); `inputs` are the values
+/// of the operation's parents, in the order they were given to
+/// [`Tensor::from_op`]; `needs_grad[i]` says whether parent `i` wants a
+/// gradient at all (constants and detached tensors do not), so expensive
+/// products can be skipped.
+pub struct BackwardContext<'a> {
+    /// Gradient of the loss with respect to this operation's output.
+    pub grad: &'a ArrayD<f32>,
+    /// The output value computed by the forward pass.
+    pub output: &'a ArrayD<f32>,
+    /// The values of the parents, in order.
+    pub inputs: &'a [&'a ArrayD<f32>],
+    /// Whether each parent needs a gradient.
+    pub needs_grad: &'a [bool],
+}
+
+impl BackwardContext<'_> {
+    /// Value of parent `i`.
+    pub fn input(&self, i: usize) -> &ArrayD<f32> {
+        self.inputs[i]
+    }
+
+    /// Whether parent `i` needs a gradient.
+    pub fn needs(&self, i: usize) -> bool {
+        self.needs_grad[i]
+    }
+}
+
+/// The local-derivative rule of one operation: given the context, return one
+/// gradient per parent (`None` where the parent needs none).
+pub type BackwardFn = Box<dyn Fn(&BackwardContext) -> Vec<Option<ArrayD<f32>>>>;
+
+struct Node {
+    value: RefCell<ArrayD<f32>>,
+    grad: RefCell<Option<ArrayD<f32>>>,
+    requires_grad: bool,
+    op: &'static str,
+    parents: Vec<Tensor>,
+    backward: Option<BackwardFn>,
+}
+
+/// A handle to an `f32` array that remembers how it was computed.
+///
+/// Cloning a `Tensor` clones the handle, not the data: both clones see the
+/// same value and the same gradient. See the [module docs](self) for the
+/// design.
+#[derive(Clone)]
+pub struct Tensor(Rc<Node>);
+
+impl Tensor {
+    /// A constant: gradients never flow into it (input images, labels, …).
+    pub fn new(value: ArrayD<f32>) -> Tensor {
+        Tensor::leaf(value, false)
+    }
+
+    /// A parameter: a leaf whose gradient is kept after
+    /// [`backward`](Tensor::backward) (weights, biases, γ, β).
+    pub fn parameter(value: ArrayD<f32>) -> Tensor {
+        Tensor::leaf(value, true)
+    }
+
+    /// A scalar constant (shape `[]`).
+    pub fn scalar(value: f32) -> Tensor {
+        Tensor::new(ndarray::arr0(value).into_dyn())
+    }
+
+    fn leaf(value: ArrayD<f32>, requires_grad: bool) -> Tensor {
+        Tensor(Rc::new(Node {
+            value: RefCell::new(value),
+            grad: RefCell::new(None),
+            requires_grad,
+            op: if requires_grad {
+                "parameter"
+            } else {
+                "constant"
+            },
+            parents: Vec::new(),
+            backward: None,
+        }))
+    }
+
+    /// Records the result of an operation.
+    ///
+    /// `value` is the forward result, `parents` the tensors it was computed
+    /// from and `backward` its vector–Jacobian product. If no parent needs a
+    /// gradient the graph is not extended at all (the result is a constant),
+    /// so evaluation without parameters costs no bookkeeping.
+    ///
+    /// This is public so that readers can add their own operations, as the
+    /// book does for the fused batch-norm layer.
+    pub fn from_op(
+        op: &'static str,
+        value: ArrayD<f32>,
+        parents: &[&Tensor],
+        backward: impl Fn(&BackwardContext) -> Vec<Option<ArrayD<f32>>> + 'static,
+    ) -> Tensor {
+        let requires_grad = parents.iter().any(|p| p.requires_grad());
+        if !requires_grad {
+            return Tensor::new(value);
+        }
+        Tensor(Rc::new(Node {
+            value: RefCell::new(value),
+            grad: RefCell::new(None),
+            requires_grad,
+            op,
+            parents: parents.iter().map(|&p| p.clone()).collect(),
+            backward: Some(Box::new(backward)),
+        }))
+    }
+
+    /// The current value. The returned guard borrows the tensor; drop it
+    /// before changing the value with [`value_mut`](Tensor::value_mut).
+    pub fn value(&self) -> Ref<'_, ArrayD<f32>> {
+        self.0.value.borrow()
+    }
+
+    /// Mutable access to the value, e.g. for an optimizer step.
+    ///
+    /// Changing a tensor that is part of a graph which has not run
+    /// `backward` yet would make that graph's gradients wrong; optimizers
+    /// only change parameters after `backward`.
+    pub fn value_mut(&self) -> RefMut<'_, ArrayD<f32>> {
+        self.0.value.borrow_mut()
+    }
+
+    /// A copy of the gradient accumulated by `backward`, if any.
+    pub fn grad(&self) -> Option<ArrayD<f32>> {
+        self.0.grad.borrow().clone()
+    }
+
+    /// Borrow the gradient without copying it.
+    pub fn grad_ref(&self) -> Ref<'_, Option<ArrayD<f32>>> {
+        self.0.grad.borrow()
+    }
+
+    /// Forgets the accumulated gradient (call before the next `backward`,
+    /// because gradients add up).
+    pub fn zero_grad(&self) {
+        *self.0.grad.borrow_mut() = None;
+    }
+
+    /// Whether gradients flow into this tensor.
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    /// The name of the operation that produced this tensor
+    /// (`"parameter"` and `"constant"` for leaves).
+    pub fn op(&self) -> &'static str {
+        self.0.op
+    }
+
+    /// The tensors this one was computed from (empty for leaves).
+    pub fn parents(&self) -> &[Tensor] {
+        &self.0.parents
+    }
+
+    /// The shape of the value.
+    pub fn shape(&self) -> Vec<usize> {
+        self.value().shape().to_vec()
+    }
+
+    /// Number of dimensions.
+    pub fn ndim(&self) -> usize {
+        self.value().ndim()
+    }
+
+    /// The single number of a tensor with one element.
+    ///
+    /// # Panics
+    /// If the tensor has more or fewer than one element.
+    pub fn item(&self) -> f32 {
+        let v = self.value();
+        assert_eq!(
+            v.len(),
+            1,
+            "item(): tensor has shape {:?}, not a single element",
+            v.shape()
+        );
+        *v.iter().next().expect("one element")
+    }
+
+    /// A constant copy of the value, cut off from the graph: gradients do
+    /// not flow back through it.
+    pub fn detach(&self) -> Tensor {
+        Tensor::new(self.value().clone())
+    }
+
+    /// Whether two handles point to the same node.
+    pub fn same_node(&self, other: &Tensor) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Back-propagates from a scalar (e.g. the loss): after this call every
+    /// tensor in the graph that requires a gradient holds
+    /// ∂self/∂tensor in its `grad`, *added* to what was there.
+    ///
+    /// # Panics
+    /// If `self` has more than one element; use
+    /// [`backward_with`](Tensor::backward_with) to seed a non-scalar output.
+    pub fn backward(&self) {
+        let seed = {
+            let v = self.value();
+            assert_eq!(
+                v.len(),
+                1,
+                "backward(): output has shape {:?}; call backward_with(seed) for non-scalar outputs",
+                v.shape()
+            );
+            ArrayD::ones(v.raw_dim())
+        };
+        self.backward_with(seed);
+    }
+
+    /// Back-propagates starting from ∂loss/∂self = `seed`.
+    ///
+    /// # Panics
+    /// If `seed` does not have the shape of `self`.
+    pub fn backward_with(&self, seed: ArrayD<f32>) {
+        assert_eq!(
+            seed.shape(),
+            self.value().shape(),
+            "backward_with(): seed shape must equal the output shape"
+        );
+        if !self.requires_grad() {
+            return;
+        }
+        accumulate(&self.0.grad, seed);
+        // One reverse sweep over the nodes in topological order.
+        for node in self.topological_order().iter().rev() {
+            node.propagate();
+        }
+    }
+
+    /// All nodes that lead to `self` and need gradients, parents before
+    /// children (an iterative depth-first search, so deep graphs cannot
+    /// overflow the stack).
+    fn topological_order(&self) -> Vec<Tensor> {
+        let mut order = Vec::new();
+        let mut seen: HashSet<*const Node> = HashSet::new();
+        // (node, whether its parents have been pushed already)
+        let mut stack = vec![(self.clone(), false)];
+        while let Some((t, expanded)) = stack.pop() {
+            if expanded {
+                order.push(t);
+                continue;
+            }
+            if !seen.insert(Rc::as_ptr(&t.0)) {
+                continue;
+            }
+            stack.push((t.clone(), true));
+            for p in t.parents() {
+                if p.requires_grad() && !seen.contains(&Rc::as_ptr(&p.0)) {
+                    stack.push((p.clone(), false));
+                }
+            }
+        }
+        order
+    }
+
+    /// Hands this node's gradient to its backward rule and adds the results
+    /// into the parents' gradients.
+    fn propagate(&self) {
+        let Some(backward) = &self.0.backward else {
+            return; // a leaf
+        };
+        let grad = self.0.grad.borrow();
+        let Some(grad) = grad.as_ref() else {
+            return; // not reached by the loss
+        };
+        let values: Vec<Ref<ArrayD<f32>>> = self.0.parents.iter().map(|p| p.value()).collect();
+        let inputs: Vec<&ArrayD<f32>> = values.iter().map(|v| &**v).collect();
+        let needs: Vec<bool> = self.0.parents.iter().map(|p| p.requires_grad()).collect();
+        let output = self.value();
+        let ctx = BackwardContext {
+            grad,
+            output: &output,
+            inputs: &inputs,
+            needs_grad: &needs,
+        };
+        let parent_grads = backward(&ctx);
+        assert_eq!(
+            parent_grads.len(),
+            self.0.parents.len(),
+            "op `{}`: backward returned {} gradients for {} parents",
+            self.0.op,
+            parent_grads.len(),
+            self.0.parents.len()
+        );
+        for ((parent, g), input) in self.0.parents.iter().zip(parent_grads).zip(&inputs) {
+            if let (true, Some(g)) = (parent.requires_grad(), g) {
+                assert_eq!(
+                    g.shape(),
+                    input.shape(),
+                    "op `{}`: backward produced a gradient of the wrong shape",
+                    self.0.op
+                );
+                accumulate(&parent.0.grad, g);
+            }
+        }
+    }
+}
+
+/// `grad += g`, starting from nothing.
+fn accumulate(slot: &RefCell<Option<ArrayD<f32>>>, g: ArrayD<f32>) {
+    let mut slot = slot.borrow_mut();
+    match slot.as_mut() {
+        Some(acc) => *acc += &g,
+        None => *slot = Some(g),
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.value();
+        write!(
+            f,
+            "Tensor(op={}, shape={:?}, requires_grad={})\n{:.4}",
+            self.op(),
+            v.shape(),
+            self.requires_grad(),
+            *v
+        )
+    }
+}
+
+impl From<ArrayD<f32>> for Tensor {
+    fn from(value: ArrayD<f32>) -> Tensor {
+        Tensor::new(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn per_step_graph_is_freed_when_the_loss_is_dropped() {
+        let w = Tensor::parameter(array![1.0_f32, 2.0].into_dyn());
+        for _ in 0..3 {
+            let hidden = &w * &w;
+            let watch = Rc::downgrade(&hidden.0);
+            let loss = hidden.sum_all();
+            drop(hidden);
+            loss.backward();
+            assert!(watch.upgrade().is_some(), "the loss keeps its graph alive");
+            drop(loss);
+            assert!(
+                watch.upgrade().is_none(),
+                "dropping the loss frees the graph"
+            );
+            // nothing but our own handle refers to the parameter any more
+            assert_eq!(Rc::strong_count(&w.0), 1);
+            w.zero_grad();
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! Element-wise, reduction, shape and matrix operations.
+//!
+//! Each function computes its forward value and hands [`Tensor::from_op`] the
+//! rule for its backward pass, right next to it. Notation in comments: `g` is
+//! ∂loss/∂y for the output `y`, and each rule returns ∂loss/∂x per input `x`.
+
+use super::{BackwardContext, Tensor};
+use ndarray::{ArrayD, Axis, Ix2, IxDyn, Zip};
+use std::ops;
+
+/// Sums `g` down to `shape`, undoing NumPy-style broadcasting.
+///
+/// Broadcasting copies an input along some axes; in the backward pass the
+/// copies' gradients must be added back together: leading axes that the
+/// input did not have are summed away, and axes where the input had size 1
+/// are summed with the axis kept.
+pub fn sum_to_shape(g: ArrayD<f32>, shape: &[usize]) -> ArrayD<f32> {
+    if g.shape() == shape {
+        return g;
+    }
+    let mut g = g;
+    while g.ndim() > shape.len() {
+        g = g.sum_axis(Axis(0));
+    }
+    for (axis, &n) in shape.iter().enumerate() {
+        if n == 1 && g.shape()[axis] != 1 {
+            g = g.sum_axis(Axis(axis)).insert_axis(Axis(axis));
+        }
+    }
+    g
+}
+
+/// The shape two arrays broadcast to, or a panic that names the operation.
+fn broadcast_shape(op: &str, a: &[usize], b: &[usize]) -> Vec<usize> {
+    let n = a.len().max(b.len());
+    let dim = |s: &[usize], i: usize| {
+        if i + s.len() < n {
+            1
+        } else {
+            s[i + s.len() - n]
+        }
+    };
+    (0..n)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => panic!("{op}: shapes {a:?} and {b:?} cannot be broadcast together"),
+        })
+        .collect()
+}
+
+/// Applies `f` element-wise to `a` and `b` broadcast to a common shape.
+fn zip_broadcast(
+    op: &str,
+    a: &ArrayD<f32>,
+    b: &ArrayD<f32>,
+    f: impl Fn(f32, f32) -> f32,
+) -> ArrayD<f32> {
+    let shape = broadcast_shape(op, a.shape(), b.shape());
+    let av = a.broadcast(IxDyn(&shape)).expect("checked above");
+    let bv = b.broadcast(IxDyn(&shape)).expect("checked above");
+    Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y))
+}
+
+/// The gradient of input `i` if it needs one: `rule()` summed back to the
+/// input's shape.
+fn grad_for(
+    ctx: &BackwardContext,
+    i: usize,
+    rule: impl FnOnce() -> ArrayD<f32>,
+) -> Option<ArrayD<f32>> {
+    ctx.needs(i)
+        .then(|| sum_to_shape(rule(), ctx.input(i).shape()))
+}
+
+impl Tensor {
+    // ----- element-wise binary operations (with broadcasting) -----
+
+    /// `self + other`, broadcasting like NumPy.
+    ///
+    /// # Panics
+    /// If the shapes cannot be broadcast together.
+    pub fn add(&self, other: &Tensor) -> Tensor {
+        let y = zip_broadcast("add", &self.value(), &other.value(), |a, b| a + b);
+        // y = a + b:  ∂y/∂a = 1, ∂y/∂b = 1
+        Tensor::from_op("add", y, &[self, other], |ctx| {
+            vec![
+                grad_for(ctx, 0, || ctx.grad.clone()),
+                grad_for(ctx, 1, || ctx.grad.clone()),
+            ]
+        })
+    }
+
+    /// `self - other`, broadcasting like NumPy.
+    ///
+    /// # Panics
+    /// If the shapes cannot be broadcast together.
+    pub fn sub(&self, other: &Tensor) -> Tensor {
+        let y = zip_broadcast("sub", &self.value(), &other.value(), |a, b| a - b);
+        // y = a - b:  ∂y/∂a = 1, ∂y/∂b = -1
+        Tensor::from_op("sub", y, &[self, other], |ctx| {
+            vec![
+                grad_for(ctx, 0, || ctx.grad.clone()),
+                grad_for(ctx, 1, || -ctx.grad),
+            ]
+        })
+    }
+
+    /// Element-wise `self * other`, broadcasting like NumPy.
+    ///
+    /// # Panics
+    /// If the shapes cannot be broadcast together.
+    pub fn mul(&self, other: &Tensor) -> Tensor {
+        let y = zip_broadcast("mul", &self.value(), &other.value(), |a, b| a * b);
+        // y = a·b:  ∂y/∂a = b, ∂y/∂b = a
+        Tensor::from_op("mul", y, &[self, other], |ctx| {
+            let (a, b) = (ctx.input(0), ctx.input(1));
+            vec![
+                grad_for(ctx, 0, || zip_broadcast("mul", ctx.grad, b, |g, b| g * b)),
+                grad_for(ctx, 1, || zip_broadcast("mul", ctx.grad, a, |g, a| g * a)),
+            ]
+        })
+    }
+
+    /// Element-wise `self / other`, broadcasting like NumPy.
+    ///
+    /// # Panics
+    /// If the shapes cannot be broadcast together.
+    pub fn div(&self, other: &Tensor) -> Tensor {
+        let y = zip_broadcast("div", &self.value(), &other.value(), |a, b| a / b);
+        // y = a / b:  ∂y/∂a = 1/b, ∂y/∂b = -a/b² = -y/b
+        Tensor::from_op("div", y, &[self, other], |ctx| {
+            let b = ctx.input(1);
+            vec![
+                grad_for(ctx, 0, || zip_broadcast("div", ctx.grad, b, |g, b| g / b)),
+                grad_for(ctx, 1, || {
+                    let gy = ctx.grad * ctx.output; // same shape, no broadcasting
+                    zip_broadcast("div", &gy, b, |gy, b| -gy / b)
+                }),
+            ]
+        })
+    }
+
+    // ----- element-wise unary operations -----
+
+    /// Applies `f` element-wise and records `df(x, y)` as the local
+    /// derivative, so `∂loss/∂x = g · df(x, y)`.
+    fn unary(
+        &self,
+        op: &'static str,
+        f: impl Fn(f32) -> f32,
+        df: impl Fn(f32, f32) -> f32 + 'static,
+    ) -> Tensor {
+        let y = self.value().mapv(f);
+        Tensor::from_op(op, y, &[self], move |ctx| {
+            let mut dx = ctx.grad.clone();
+            Zip::from(&mut dx)
+                .and(ctx.input(0))
+                .and(ctx.output)
+                .for_each(|g, &x, &y| *g *= df(x, y));
+            vec![Some(dx)]
+        })
+    }
+
+    /// `-self`.
+    pub fn neg(&self) -> Tensor {
+        self.unary("neg", |x| -x, |_, _| -1.0)
+    }
+
+    /// `eˣ`; its derivative is the output itself.
+    pub fn exp(&self) -> Tensor {
+        self.unary("exp", f32::exp, |_, y| y)
+    }
+
+    /// Natural logarithm; derivative `1/x`.
+    pub fn ln(&self) -> Tensor {
+        self.unary("ln", f32::ln, |x, _| 1.0 / x)
+    }
+
+    /// Square root; derivative `1/(2√x) = 1/(2y)`.
+    pub fn sqrt(&self) -> Tensor {
+        self.unary("sqrt", f32::sqrt, |_, y| 0.5 / y)
+    }
+
+    /// `xᵖ` for a constant exponent `p`; derivative `p·xᵖ⁻¹`.
+    pub fn powf(&self, p: f32) -> Tensor {
+        self.unary("powf", move |x| x.powf(p), move |x, _| p * x.powf(p - 1.0))
+    }
+
+    /// Logistic sigmoid `1/(1+e⁻ˣ)`; derivative `y(1-y)`.
+    pub fn sigmoid(&self) -> Tensor {
+        self.unary(
+            "sigmoid",
+            |x| 1.0 / (1.0 + (-x).exp()),
+            |_, y| y * (1.0 - y),
+        )
+    }
+
+    /// Rectified linear unit `max(x, 0)`; derivative 1 where `x > 0`, else 0.
+    pub fn relu(&self) -> Tensor {
+        self.unary(
+            "relu",
+            |x| x.max(0.0),
+            |x, _| if x > 0.0 { 1.0 } else { 0.0 },
+        )
+    }
+
+    /// `self + c` for a constant `c`.
+    pub fn add_scalar(&self, c: f32) -> Tensor {
+        self.unary("add_scalar", move |x| x + c, |_, _| 1.0)
+    }
+
+    /// `self · c` for a constant `c`.
+    pub fn mul_scalar(&self, c: f32) -> Tensor {
+        self.unary("mul_scalar", move |x| x * c, move |_, _| c)
+    }
+
+    // ----- reductions -----
+
+    /// Sum over `axes`; with `keepdims` the summed axes stay with size 1
+    /// (handy for broadcasting the result back, as batch norm does).
+    ///
+    /// # Panics
+    /// If an axis is out of range or repeated.
+    pub fn sum(&self, axes: &[usize], keepdims: bool) -> Tensor {
+        let in_shape = self.shape();
+        let mut sorted = axes.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), axes.len(), "sum: axis repeated in {axes:?}");
+        if let Some(&a) = sorted.last() {
+            assert!(
+                a < in_shape.len(),
+                "sum: axis {a} out of range for shape {in_shape:?}"
+            );
+        }
+        let mut y = {
+            let x = self.value();
+            let mut axes = sorted.iter().rev();
+            match axes.next() {
+                None => x.clone(),
+                Some(&first) => axes.fold(x.sum_axis(Axis(first)), |y, &a| y.sum_axis(Axis(a))),
+            }
+        };
+        // The shape with summed axes kept as 1: the gradient broadcasts from it.
+        let kept: Vec<usize> = (0..in_shape.len())
+            .map(|i| if sorted.contains(&i) { 1 } else { in_shape[i] })
+            .collect();
+        if keepdims {
+            y = y.into_shape_with_order(IxDyn(&kept)).expect("same size");
+        }
+        // y = Σ x over axes:  every x contributes with weight 1, so ∂loss/∂x is
+        // g copied (broadcast) back over the summed axes.
+        Tensor::from_op("sum", y, &[self], move |ctx| {
+            let g = ctx.grad.to_shape(IxDyn(&kept)).expect("same size");
+            let dx = g
+                .broadcast(IxDyn(&in_shape))
+                .expect("kept dims are 1")
+                .to_owned();
+            vec![Some(dx)]
+        })
+    }
+
+    /// Sum of all elements (a scalar of shape `[]`).
+    pub fn sum_all(&self) -> Tensor {
+        let axes: Vec<usize> = (0..self.ndim()).collect();
+        self.sum(&axes, false)
+    }
+
+    /// Mean over `axes` (see [`sum`](Tensor::sum) for `keepdims`): the sum
+    /// times `1/count`, built from two recorded operations.
+    ///
+    /// # Panics
+    /// As [`sum`](Tensor::sum); also if the axes hold no elements.
+    pub fn mean(&self, axes: &[usize], keepdims: bool) -> Tensor {
+        let shape = self.shape();
+        let count: usize = axes
+            .iter()
+            .map(|&a| shape.get(a).copied().unwrap_or(1))
+            .product();
+        assert!(
+            count > 0,
+            "mean: no elements over axes {axes:?} of shape {shape:?}"
+        );
+        self.sum(axes, keepdims).mul_scalar(1.0 / count as f32)
+    }
+
+    /// Mean of all elements (a scalar).
+    pub fn mean_all(&self) -> Tensor {
+        let axes: Vec<usize> = (0..self.ndim()).collect();
+        self.mean(&axes, false)
+    }
+
+    // ----- shape -----
+
+    /// The same elements (in row-major order) with a new shape.
+    ///
+    /// # Panics
+    /// If the number of elements differs.
+    pub fn reshape(&self, shape: &[usize]) -> Tensor {
+        let in_shape = self.shape();
+        let n: usize = shape.iter().product();
+        assert_eq!(
+            n,
+            in_shape.iter().product::<usize>(),
+            "reshape: cannot view shape {in_shape:?} as {shape:?}"
+        );
+        let y = self
+            .value()
+            .to_shape(IxDyn(shape))
+            .expect("same size")
+            .into_owned();
+        // Reshaping moves no numbers, so the gradient is reshaped back.
+        Tensor::from_op("reshape", y, &[self], move |ctx| {
+            vec![Some(
+                ctx.grad
+                    .to_shape(IxDyn(&in_shape))
+                    .expect("same size")
+                    .into_owned(),
+            )]
+        })
+    }
+
+    /// Keeps the first (batch) axis and flattens the rest:
+    /// `(N, C, H, W) → (N, C·H·W)`.
+    ///
+    /// # Panics
+    /// If the tensor has no axes.
+    pub fn flatten(&self) -> Tensor {
+        let shape = self.shape();
+        assert!(!shape.is_empty(), "flatten: a scalar has no batch axis");
+        let rest: usize = shape[1..].iter().product();
+        self.reshape(&[shape[0], rest])
+    }
+
+    // ----- linear algebra -----
+
+    /// Matrix product of `(n, k)` and `(k, m)` tensors, computed by a real
+    /// GEMM (ndarray's `dot`, which uses the `matrixmultiply` crate).
+    ///
+    /// # Panics
+    /// If either tensor is not 2-D or the inner sizes differ.
+    pub fn matmul(&self, other: &Tensor) -> Tensor {
+        let y = {
+            let (a, b) = (self.value(), other.value());
+            let (a, b) = (as_matrix("matmul", &a), as_matrix("matmul", &b));
+            assert_eq!(
+                a.ncols(),
+                b.nrows(),
+                "matmul: inner sizes differ: {:?} x {:?}",
+                a.shape(),
+                b.shape()
+            );
+            a.dot(&b).into_dyn()
+        };
+        // Y = A·B:  ∂loss/∂A = G·Bᵀ,  ∂loss/∂B = Aᵀ·G
+        Tensor::from_op("matmul", y, &[self, other], |ctx| {
+            let g = as_matrix("matmul", ctx.grad);
+            let a = as_matrix("matmul", ctx.input(0));
+            let b = as_matrix("matmul", ctx.input(1));
+            vec![
+                ctx.needs(0).then(|| g.dot(&b.t()).into_dyn()),
+                ctx.needs(1).then(|| a.t().dot(&g).into_dyn()),
+            ]
+        })
+    }
+}
+
+/// A 2-D view of a dynamic-rank array, or a panic naming the operation.
+pub(super) fn as_matrix<'a>(op: &str, a: &'a ArrayD<f32>) -> ndarray::ArrayView2<'a, f32> {
+    a.view()
+        .into_dimensionality::<Ix2>()
+        .unwrap_or_else(|_| panic!("{op}: expected a 2-D tensor, got shape {:?}", a.shape()))
+}
+
+// Operator sugar, so that book code reads like the math: `&x - &mean`.
+macro_rules! binary_operator {
+    ($trait:ident, $method:ident) => {
+        impl ops::$trait<&Tensor> for &Tensor {
+            type Output = Tensor;
+            fn $method(self, rhs: &Tensor) -> Tensor {
+                Tensor::$method(self, rhs)
+            }
+        }
+        impl ops::$trait<Tensor> for Tensor {
+            type Output = Tensor;
+            fn $method(self, rhs: Tensor) -> Tensor {
+                Tensor::$method(&self, &rhs)
+            }
+        }
+        impl ops::$trait<&Tensor> for Tensor {
+            type Output = Tensor;
+            fn $method(self, rhs: &Tensor) -> Tensor {
+                Tensor::$method(&self, rhs)
+            }
+        }
+        impl ops::$trait<Tensor> for &Tensor {
+            type Output = Tensor;
+            fn $method(self, rhs: Tensor) -> Tensor {
+                Tensor::$method(self, &rhs)
+            }
+        }
+    };
+}
+
+binary_operator!(Add, add);
+binary_operator!(Sub, sub);
+binary_operator!(Mul, mul);
+binary_operator!(Div, div);
+
+impl ops::Neg for &Tensor {
+    type Output = Tensor;
+    fn neg(self) -> Tensor {
+        Tensor::neg(self)
+    }
+}
+
+impl ops::Neg for Tensor {
+    type Output = Tensor;
+    fn neg(self) -> Tensor {
+        Tensor::neg(&self)
+    }
+}
+
+impl ops::Add<f32> for &Tensor {
+    type Output = Tensor;
+    fn add(self, c: f32) -> Tensor {
+        self.add_scalar(c)
+    }
+}
+
+impl ops::Add<f32> for Tensor {
+    type Output = Tensor;
+    fn add(self, c: f32) -> Tensor {
+        self.add_scalar(c)
+    }
+}
+
+impl ops::Mul<f32> for &Tensor {
+    type Output = Tensor;
+    fn mul(self, c: f32) -> Tensor {
+        self.mul_scalar(c)
+    }
+}
+
+impl ops::Mul<f32> for Tensor {
+    type Output = Tensor;
+    fn mul(self, c: f32) -> Tensor {
+        self.mul_scalar(c)
+    }
+}

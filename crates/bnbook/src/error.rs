@@ -1,0 +1,61 @@
+//! The crate-wide error type.
+//!
+//! Layers and functions that take user input (shapes, hyper-parameters, files)
+//! return [`Result`] instead of panicking. Each message says what was wrong and,
+//! where there is one, how to fix it.
+
+use std::fmt;
+
+/// Everything that can go wrong in `bnbook`, with a message meant for a person.
+#[derive(Debug)]
+pub enum Error {
+    /// A tensor had the wrong shape for a layer or function.
+    Shape {
+        /// Which layer or function complained, e.g. `"Linear(256 -> 120)"`.
+        context: String,
+        /// What was wrong and how to fix it.
+        message: String,
+    },
+    /// A hyper-parameter or argument is out of range (e.g. a zero kernel size).
+    InvalidArgument(String),
+    /// Loading Fashion-MNIST failed; see [`crate::data::DataError`].
+    Data(crate::data::DataError),
+}
+
+impl Error {
+    /// Builds an [`Error::Shape`] from a context and a message.
+    pub fn shape(context: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Shape {
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Shape { context, message } => write!(f, "{context}: {message}"),
+            Error::InvalidArgument(message) => write!(f, "invalid argument: {message}"),
+            Error::Data(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Data(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<crate::data::DataError> for Error {
+    fn from(e: crate::data::DataError) -> Self {
+        Error::Data(e)
+    }
+}
+
+/// `Result` with [`Error`] as the error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

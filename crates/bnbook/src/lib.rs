@@ -1,0 +1,34 @@
+//! # bnbook — the companion crate of *Batch Normalization, from scratch in Rust*
+//!
+//! Everything the book runs lives here, written to be read:
+//!
+//! * [`autograd`] — a small reverse-mode automatic differentiation engine over
+//!   [`ndarray`] arrays (chapter "Autograd in a few hundred lines");
+//! * [`nn`] — layers built on it (`Linear`, `Conv2d`, pooling, activations,
+//!   `Sequential`), Xavier initialisation and plain SGD;
+//! * [`gradcheck`] — finite-difference gradient checking, used by the tests
+//!   and by the book to show that every backward pass is right;
+//! * [`data`] — the Fashion-MNIST loader (find, verify, download, batch).
+//!
+//! The crate re-exports [`ndarray`] so that notebooks and examples use exactly
+//! the version the crate was built with: `use bnbook::ndarray::prelude::*;`,
+//! and [`rand`] for seeding: `use bnbook::rand::{SeedableRng, rngs::StdRng};`.
+
+pub use ndarray;
+pub use rand;
+
+pub mod autograd;
+pub mod data;
+pub mod error;
+pub mod gradcheck;
+pub mod nn;
+
+pub use autograd::Tensor;
+pub use error::{Error, Result};
+pub use nn::Mode;
+
+/// The code blocks of `README.md`, compiled and run as doc-tests so the
+/// front page cannot go stale.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,203 @@
+//! Layers, composition, initialisation and the SGD optimizer.
+//!
+//! *Book: chapters "BN from scratch" and "LeNet with BN".*
+//!
+//! Every layer implements [`Module`]. Its `forward` takes the [`Mode`]
+//! explicitly: whether a network is training or predicting is an argument
+//! you can see at the call site, never a hidden flag (forgetting to switch a
+//! batch-norm network to prediction mode is the most common BN bug).
+
+mod init;
+mod layers;
+mod optim;
+
+pub use init::{uniform, xavier_uniform};
+pub use layers::{AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid};
+pub use optim::Sgd;
+
+use crate::autograd::Tensor;
+use crate::error::Result;
+use std::any::Any;
+
+/// Whether a network is learning or predicting.
+///
+/// Only layers with batch statistics (batch norm) behave differently: in
+/// `Train` they normalise with the current batch's statistics and update
+/// their running averages; in `Eval` they use the running averages and
+/// change nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Training: use batch statistics, update running statistics.
+    Train,
+    /// Prediction (evaluation, inference): use running statistics only.
+    Eval,
+}
+
+/// Lets `dyn Module` values be downcast to their concrete layer type, e.g.
+/// to read a batch-norm layer's γ and β out of a [`Sequential`].
+pub trait AsAny: Any {
+    /// `self` as `&dyn Any`.
+    fn as_any(&self) -> &dyn Any;
+    /// `self` as `&mut dyn Any`.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// A layer or a network: something with a forward pass and parameters.
+pub trait Module: AsAny {
+    /// Computes the output for a batch `x` in the given mode.
+    ///
+    /// Takes `&mut self` because some layers (batch norm) update state in
+    /// training mode.
+    ///
+    /// # Errors
+    /// If `x` does not have the shape the layer expects.
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor>;
+
+    /// The trainable parameters (handles, not copies: an optimizer that
+    /// changes them changes the layer).
+    fn parameters(&self) -> Vec<Tensor> {
+        Vec::new()
+    }
+
+    /// A one-line description, e.g. `Linear(256 -> 120)`.
+    fn describe(&self) -> String;
+}
+
+/// Layers applied one after another.
+#[derive(Default)]
+pub struct Sequential {
+    layers: Vec<Box<dyn Module>>,
+}
+
+impl Sequential {
+    /// An empty network.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a layer (builder style: `Sequential::new().with(a).with(b)`).
+    pub fn with(mut self, layer: impl Module + 'static) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    /// Appends a layer in place.
+    pub fn push(&mut self, layer: impl Module + 'static) {
+        self.layers.push(Box::new(layer));
+    }
+
+    /// The layers, in order.
+    pub fn layers(&self) -> &[Box<dyn Module>] {
+        &self.layers
+    }
+
+    /// Mutable access to the layers.
+    pub fn layers_mut(&mut self) -> &mut [Box<dyn Module>] {
+        &mut self.layers
+    }
+
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether there are no layers.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// All layers of type `T`, in order (e.g. every batch-norm layer).
+    pub fn find<T: Module>(&self) -> Vec<&T> {
+        self.layers
+            .iter()
+            .filter_map(|l| l.as_ref().as_any().downcast_ref::<T>())
+            .collect()
+    }
+
+    /// Runs `x` through every layer in `Eval` mode and returns each layer's
+    /// description with its output shape — the table d2l prints to show how
+    /// LeNet shrinks a 28×28 image.
+    ///
+    /// # Errors
+    /// If a layer rejects the shape it receives.
+    pub fn shape_trace(&mut self, x: &Tensor) -> Result<Vec<(String, Vec<usize>)>> {
+        let mut x = x.detach();
+        let mut rows = Vec::with_capacity(self.layers.len());
+        for layer in &mut self.layers {
+            x = layer.forward(&x, Mode::Eval)?.detach();
+            rows.push((layer.describe(), x.shape()));
+        }
+        Ok(rows)
+    }
+}
+
+impl Module for Sequential {
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in &mut self.layers {
+            x = layer.forward(&x, mode)?;
+        }
+        Ok(x)
+    }
+
+    fn parameters(&self) -> Vec<Tensor> {
+        self.layers.iter().flat_map(|l| l.parameters()).collect()
+    }
+
+    fn describe(&self) -> String {
+        let inner: Vec<String> = self.layers.iter().map(|l| l.describe()).collect();
+        format!("Sequential({})", inner.join(", "))
+    }
+}
+
+impl std::fmt::Debug for Sequential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "Sequential(")?;
+        for (i, l) in self.layers.iter().enumerate() {
+            writeln!(f, "  ({i}): {}", l.describe())?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// How many rows of `logits` (shape `(N, K)`) have their largest entry at
+/// the true label — the numerator of accuracy.
+///
+/// # Errors
+/// If `logits` is not 2-D or the number of labels differs from `N`.
+pub fn count_correct(logits: &Tensor, labels: &[usize]) -> Result<usize> {
+    let v = logits.value();
+    if v.ndim() != 2 || v.shape()[0] != labels.len() {
+        return Err(crate::Error::shape(
+            "count_correct",
+            format!(
+                "logits of shape {:?} do not match {} labels",
+                v.shape(),
+                labels.len()
+            ),
+        ));
+    }
+    let correct = v
+        .outer_iter()
+        .zip(labels)
+        .filter(|(row, label)| {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+                    if x > bv { (i, x) } else { (bi, bv) }
+                });
+            best.0 == **label
+        })
+        .count();
+    Ok(correct)
+}
