@@ -6,6 +6,11 @@
 //!   [`ndarray`] arrays (chapter "Autograd in a few hundred lines");
 //! * [`nn`] — layers built on it (`Linear`, `Conv2d`, pooling, activations,
 //!   `Sequential`), Xavier initialisation and plain SGD;
+//! * [`scratch`] — batch normalization from scratch: the `batch_norm`
+//!   function and the `BatchNorm` layer (chapter "BN from scratch");
+//! * [`concise`] — the fused batch-norm layers `BatchNorm1d`/`BatchNorm2d`
+//!   with a hand-derived backward and PyTorch's conventions (chapter
+//!   "Concise BN");
 //! * [`gradcheck`] — finite-difference gradient checking, used by the tests
 //!   and by the book to show that every backward pass is right;
 //! * [`data`] — the Fashion-MNIST loader (find, verify, download, batch).
@@ -18,10 +23,12 @@ pub use ndarray;
 pub use rand;
 
 pub mod autograd;
+pub mod concise;
 pub mod data;
 pub mod error;
 pub mod gradcheck;
 pub mod nn;
+pub mod scratch;
 
 pub use autograd::Tensor;
 pub use error::{Error, Result};

@@ -70,6 +70,29 @@ pub trait Module: AsAny {
 
     /// A one-line description, e.g. `Linear(256 -> 120)`.
     fn describe(&self) -> String;
+
+    /// `Some` for batch-norm layers, so their γ, β and running statistics
+    /// can be read from inside any network (see
+    /// [`Sequential::batch_norm_layers`]).
+    fn as_batch_norm(&self) -> Option<&dyn BatchNormLayer> {
+        None
+    }
+}
+
+/// What every batch-norm layer (scratch or concise) lets you read.
+///
+/// Values are returned flattened to one entry per feature / channel.
+pub trait BatchNormLayer {
+    /// Number of features (fully connected) or channels (convolutional).
+    fn num_features(&self) -> usize;
+    /// The learned scale γ (`None` when the layer has no affine part).
+    fn gamma(&self) -> Option<Vec<f32>>;
+    /// The learned shift β (`None` when the layer has no affine part).
+    fn beta(&self) -> Option<Vec<f32>>;
+    /// The running mean used in [`Mode::Eval`].
+    fn running_mean(&self) -> Vec<f32>;
+    /// The running variance used in [`Mode::Eval`].
+    fn running_var(&self) -> Vec<f32>;
 }
 
 /// Layers applied one after another.
@@ -120,6 +143,15 @@ impl Sequential {
         self.layers
             .iter()
             .filter_map(|l| l.as_ref().as_any().downcast_ref::<T>())
+            .collect()
+    }
+
+    /// Every batch-norm layer, in order, with its index in the network.
+    pub fn batch_norm_layers(&self) -> Vec<(usize, &dyn BatchNormLayer)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.as_batch_norm().map(|bn| (i, bn)))
             .collect()
     }
 

@@ -1,0 +1,424 @@
+//! The "concise" batch norm: one fused operation with a hand-derived
+//! backward pass, and PyTorch's conventions by default.
+//!
+//! *Book: chapter "Concise BN".*
+//!
+//! [`scratch::batch_norm`](crate::scratch::batch_norm) records about ten
+//! autograd operations and lets autograd find the backward pass. Here the
+//! whole layer is **one** operation. With `m` values per channel,
+//! `x̂ = (x − μ)/σ`, `σ = sqrt(var + ε)` and `y = γ·x̂ + β`, the book derives
+//!
+//! ```text
+//! ∂L/∂β = Σ g        ∂L/∂γ = Σ g·x̂
+//! ∂L/∂x = γ/(m·σ) · (m·g − Σ g − x̂ · Σ g·x̂)
+//! ```
+//!
+//! (sums over the `m` values of a channel; `g = ∂L/∂y`), which needs two
+//! reductions and one pass instead of a dozen full-size temporaries.
+//!
+//! ## Conventions
+//!
+//! | option | PyTorch (default here) | d2l scratch | Keras |
+//! |---|---|---|---|
+//! | `momentum` | new-batch weight 0.1 | old-value weight 0.9 (= new 0.1) | old-value weight 0.99 (= new 0.01) |
+//! | running variance | unbiased (`m/(m−1)`) | biased | biased |
+//! | `eps` | 1e-5 | 1e-5 | 1e-3 |
+//!
+//! [`BatchNormOptions::d2l`] reproduces the scratch layer exactly;
+//! [`BatchNormOptions::keras`] Keras' defaults.
+
+use crate::autograd::Tensor;
+use crate::error::{Error, Result};
+use crate::nn::{BatchNormLayer, Mode, Module};
+use ndarray::{ArrayD, IxDyn};
+
+/// How the running statistics follow the batch statistics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Momentum {
+    /// `running ← (1 − w)·running + w·batch`, with `w` the weight of the
+    /// **new** batch (PyTorch's `momentum`, default 0.1). The seeds' and
+    /// Keras' `momentum` is the weight of the *old* value; convert with
+    /// [`Momentum::from_old_weight`] (`0.9` becomes `NewBatchWeight(0.1)`).
+    NewBatchWeight(f32),
+    /// The plain average of all batches seen so far (PyTorch's
+    /// `momentum=None`): `w = 1/k` at the `k`-th training step.
+    CumulativeAverage,
+}
+
+impl Momentum {
+    /// From the "weight of the old value" convention used by d2l's scratch
+    /// code (0.9) and Keras (0.99).
+    pub fn from_old_weight(old_weight: f32) -> Self {
+        Momentum::NewBatchWeight(1.0 - old_weight)
+    }
+}
+
+/// Which batch variance feeds the running variance. (Normalising always
+/// uses the biased one, as the math of BN says.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunningVariance {
+    /// `Σ(x − μ)²/(m − 1)`: PyTorch's choice.
+    Unbiased,
+    /// `Σ(x − μ)²/m`: d2l's scratch code and Keras.
+    Biased,
+}
+
+/// The knobs on which frameworks differ. `Default` is PyTorch's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormOptions {
+    /// Added to the variance before the square root.
+    pub eps: f32,
+    /// How running statistics are averaged.
+    pub momentum: Momentum,
+    /// Biased or unbiased variance for the running estimate.
+    pub running_variance: RunningVariance,
+    /// Whether the layer has the learned scale γ and shift β.
+    pub affine: bool,
+}
+
+impl Default for BatchNormOptions {
+    fn default() -> Self {
+        BatchNormOptions {
+            eps: 1e-5,
+            momentum: Momentum::NewBatchWeight(0.1),
+            running_variance: RunningVariance::Unbiased,
+            affine: true,
+        }
+    }
+}
+
+impl BatchNormOptions {
+    /// Exactly the conventions of [`scratch::BatchNorm`](crate::scratch::BatchNorm):
+    /// old-value weight 0.9, biased running variance, ε = 1e-5.
+    pub fn d2l() -> Self {
+        BatchNormOptions {
+            momentum: Momentum::from_old_weight(0.9),
+            running_variance: RunningVariance::Biased,
+            ..Default::default()
+        }
+    }
+
+    /// Keras' `BatchNormalization` defaults: old-value weight 0.99, ε = 1e-3,
+    /// biased running variance.
+    pub fn keras() -> Self {
+        BatchNormOptions {
+            eps: 1e-3,
+            momentum: Momentum::from_old_weight(0.99),
+            running_variance: RunningVariance::Biased,
+            affine: true,
+        }
+    }
+}
+
+/// `(N, C, S)` view sizes of a rank-2 `(N, C)` or rank-4 `(N, C, H, W)` input.
+fn channel_layout(shape: &[usize]) -> (usize, usize, usize) {
+    let s = shape[2..].iter().product();
+    (shape[0], shape[1], s)
+}
+
+/// Per-channel mean and biased variance (two passes, `f64` accumulators).
+fn channel_moments(x: &[f32], (n, c, s): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
+    let m = (n * s) as f64;
+    let mut sum = vec![0.0_f64; c];
+    for (i, block) in x.chunks_exact(s).enumerate() {
+        sum[i % c] += block.iter().map(|&v| f64::from(v)).sum::<f64>();
+    }
+    let mean: Vec<f64> = sum.iter().map(|v| v / m).collect();
+    let mut sq = vec![0.0_f64; c];
+    for (i, block) in x.chunks_exact(s).enumerate() {
+        let mu = mean[i % c];
+        sq[i % c] += block
+            .iter()
+            .map(|&v| (f64::from(v) - mu).powi(2))
+            .sum::<f64>();
+    }
+    (
+        mean.iter().map(|&v| v as f32).collect(),
+        sq.iter().map(|v| (v / m) as f32).collect(),
+    )
+}
+
+// ANCHOR: fused
+/// One fused batch-norm operation on a standard-layout `(N, C)` or
+/// `(N, C, H, W)` tensor, normalising channel `c` with `mean[c]` and
+/// `inv_std[c] = 1/sqrt(var[c] + ε)`.
+///
+/// `batch_statistics` says whether `mean`/`inv_std` were computed from this
+/// very batch (training), in which case they depend on `x` and the backward
+/// pass has the two extra terms; otherwise (evaluation) they are constants.
+pub fn batch_norm_fused(
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    batch_statistics: bool,
+) -> Tensor {
+    let shape = x.shape();
+    let (n, c, s) = channel_layout(&shape);
+    let scale: Vec<f32> = match gamma {
+        Some(g) => g.value().iter().zip(&inv_std).map(|(g, i)| g * i).collect(),
+        None => inv_std.clone(),
+    };
+    let shift: Vec<f32> = match beta {
+        Some(b) => b.value().iter().copied().collect(),
+        None => vec![0.0; c],
+    };
+    // forward: y = γ·(x − μ)·inv_std + β, as one multiply-add per value
+    let mut y = x.value().as_standard_layout().into_owned();
+    let ys = y.as_slice_mut().expect("standard layout");
+    for (i, block) in ys.chunks_exact_mut(s).enumerate() {
+        let ch = i % c;
+        let (a, b) = (scale[ch], shift[ch] - scale[ch] * mean[ch]);
+        block.iter_mut().for_each(|v| *v = a * *v + b);
+    }
+
+    let mut parents = vec![x];
+    parents.extend(gamma);
+    parents.extend(beta);
+    let has_gamma = gamma.is_some();
+    Tensor::from_op("batch_norm_fused", y, &parents, move |ctx| {
+        let x = ctx.input(0).as_standard_layout();
+        let x = x.as_slice().expect("standard layout");
+        let g = ctx.grad.as_standard_layout();
+        let g = g.as_slice().expect("standard layout");
+        // per channel: Σ g and Σ g·x̂
+        let (mut sum_g, mut sum_gx) = (vec![0.0_f64; c], vec![0.0_f64; c]);
+        for (i, (xb, gb)) in x.chunks_exact(s).zip(g.chunks_exact(s)).enumerate() {
+            let ch = i % c;
+            let (mu, inv) = (mean[ch], inv_std[ch]);
+            let (sg, sgx) = xb
+                .iter()
+                .zip(gb)
+                .fold((0.0_f32, 0.0_f32), |(a, b), (&xv, &gv)| {
+                    (a + gv, b + gv * (xv - mu) * inv)
+                });
+            sum_g[ch] += f64::from(sg);
+            sum_gx[ch] += f64::from(sgx);
+        }
+        let needs_x = ctx.needs(0);
+        let dx = needs_x.then(|| {
+            let m = (n * s) as f32;
+            let mut dx = ArrayD::<f32>::zeros(IxDyn(&shape));
+            let d = dx.as_slice_mut().expect("fresh array");
+            for (i, ((db, xb), gb)) in d
+                .chunks_exact_mut(s)
+                .zip(x.chunks_exact(s))
+                .zip(g.chunks_exact(s))
+                .enumerate()
+            {
+                let ch = i % c;
+                let (mu, inv, k) = (mean[ch], inv_std[ch], scale[ch]);
+                if batch_statistics {
+                    // ∂L/∂x = γ·inv/m · (m·g − Σg − x̂·Σg·x̂)
+                    let (sg, sgx) = ((sum_g[ch] as f32) / m, (sum_gx[ch] as f32) / m);
+                    for ((d, &xv), &gv) in db.iter_mut().zip(xb).zip(gb) {
+                        *d = k * (gv - sg - (xv - mu) * inv * sgx);
+                    }
+                } else {
+                    // statistics are constants: ∂L/∂x = γ·inv·g
+                    for (d, &gv) in db.iter_mut().zip(gb) {
+                        *d = k * gv;
+                    }
+                }
+            }
+            dx
+        });
+        let to_array = |v: &[f64]| {
+            ArrayD::from_shape_vec(IxDyn(&[c]), v.iter().map(|&x| x as f32).collect())
+                .expect("c values")
+        };
+        let mut grads = vec![dx];
+        if has_gamma {
+            grads.push(ctx.needs(1).then(|| to_array(&sum_gx)));
+        }
+        if ctx.inputs.len() > 1 + usize::from(has_gamma) {
+            grads.push(ctx.needs(grads.len()).then(|| to_array(&sum_g)));
+        }
+        grads
+    })
+}
+// ANCHOR_END: fused
+
+/// Batch norm as a framework provides it, for `(N, C)` inputs when
+/// `RANK = 2` ([`BatchNorm1d`]) and `(N, C, H, W)` inputs when `RANK = 4`
+/// ([`BatchNorm2d`]). γ and β have shape `(C,)`.
+pub struct ConciseBatchNorm<const RANK: usize> {
+    /// Scale γ (`None` without affine part), initialised to 1.
+    pub gamma: Option<Tensor>,
+    /// Shift β (`None` without affine part), initialised to 0.
+    pub beta: Option<Tensor>,
+    /// Running mean, starts at 0.
+    pub running_mean: Vec<f32>,
+    /// Running variance, starts at 1.
+    pub running_var: Vec<f32>,
+    /// Number of training forward passes so far.
+    pub num_batches_tracked: u64,
+    /// The conventions in use.
+    pub options: BatchNormOptions,
+    num_features: usize,
+}
+
+/// Concise batch norm after a fully connected layer: input `(N, C)`.
+pub type BatchNorm1d = ConciseBatchNorm<2>;
+/// Concise batch norm after a convolution: input `(N, C, H, W)`.
+pub type BatchNorm2d = ConciseBatchNorm<4>;
+
+impl<const RANK: usize> ConciseBatchNorm<RANK> {
+    /// A layer with PyTorch's defaults.
+    ///
+    /// # Errors
+    /// If `num_features` is 0.
+    pub fn new(num_features: usize) -> Result<Self> {
+        Self::with_options(num_features, BatchNormOptions::default())
+    }
+
+    /// A layer with the given conventions.
+    ///
+    /// # Errors
+    /// If `num_features` is 0, `eps` is not positive, or the momentum
+    /// weight is outside `[0, 1]`.
+    pub fn with_options(num_features: usize, options: BatchNormOptions) -> Result<Self> {
+        if num_features == 0 {
+            return Err(Error::InvalidArgument(
+                "BatchNorm: num_features must be at least 1".into(),
+            ));
+        }
+        if !(options.eps > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "BatchNorm: eps must be positive, got {}",
+                options.eps
+            )));
+        }
+        if let Momentum::NewBatchWeight(w) = options.momentum
+            && !(0.0..=1.0).contains(&w)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "BatchNorm: momentum (weight of the new batch) must be in [0, 1], got {w}"
+            )));
+        }
+        let param = |v: f32| Tensor::parameter(ArrayD::from_elem(IxDyn(&[num_features]), v));
+        Ok(ConciseBatchNorm {
+            gamma: options.affine.then(|| param(1.0)),
+            beta: options.affine.then(|| param(0.0)),
+            running_mean: vec![0.0; num_features],
+            running_var: vec![1.0; num_features],
+            num_batches_tracked: 0,
+            options,
+            num_features,
+        })
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let shape = x.shape();
+        if shape.len() != RANK || shape[1] != self.num_features {
+            let expected = if RANK == 2 { "(N, C)" } else { "(N, C, H, W)" };
+            return Err(Error::shape(
+                self.describe(),
+                format!(
+                    "expected {expected} with C = {}, got shape {shape:?}",
+                    self.num_features
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<const RANK: usize> Module for ConciseBatchNorm<RANK> {
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.check_input(x)?;
+        let eps = self.options.eps;
+        let (mean, var, batch_statistics) = match mode {
+            Mode::Eval => (self.running_mean.clone(), self.running_var.clone(), false),
+            Mode::Train => {
+                let shape = x.shape();
+                let layout = channel_layout(&shape);
+                let m = layout.0 * layout.2;
+                if m < 2 {
+                    return Err(Error::shape(
+                        self.describe(),
+                        format!(
+                            "training needs more than one value per channel to estimate a variance, \
+                             got input shape {shape:?}; use a larger batch (or drop a final batch of size 1)"
+                        ),
+                    ));
+                }
+                let (mean, var) = {
+                    let v = x.value();
+                    let v = v.as_standard_layout();
+                    channel_moments(v.as_slice().expect("standard layout"), layout)
+                };
+                self.update_running(&mean, &var, m);
+                (mean, var, true)
+            }
+        };
+        let inv_std = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        Ok(batch_norm_fused(
+            x,
+            self.gamma.as_ref(),
+            self.beta.as_ref(),
+            mean,
+            inv_std,
+            batch_statistics,
+        ))
+    }
+
+    fn parameters(&self) -> Vec<Tensor> {
+        self.gamma.iter().chain(&self.beta).cloned().collect()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "BatchNorm{}d({})",
+            if RANK == 2 { 1 } else { 2 },
+            self.num_features
+        )
+    }
+
+    fn as_batch_norm(&self) -> Option<&dyn BatchNormLayer> {
+        Some(self)
+    }
+}
+
+impl<const RANK: usize> ConciseBatchNorm<RANK> {
+    /// One update of the running statistics from a training batch with `m`
+    /// values per channel.
+    fn update_running(&mut self, mean: &[f32], biased_var: &[f32], m: usize) {
+        self.num_batches_tracked += 1;
+        let w = match self.options.momentum {
+            Momentum::NewBatchWeight(w) => w,
+            Momentum::CumulativeAverage => 1.0 / self.num_batches_tracked as f32,
+        };
+        let correction = match self.options.running_variance {
+            RunningVariance::Unbiased => m as f32 / (m - 1) as f32,
+            RunningVariance::Biased => 1.0,
+        };
+        for c in 0..self.num_features {
+            self.running_mean[c] = (1.0 - w) * self.running_mean[c] + w * mean[c];
+            self.running_var[c] = (1.0 - w) * self.running_var[c] + w * biased_var[c] * correction;
+        }
+    }
+}
+
+impl<const RANK: usize> BatchNormLayer for ConciseBatchNorm<RANK> {
+    fn num_features(&self) -> usize {
+        self.num_features
+    }
+    fn gamma(&self) -> Option<Vec<f32>> {
+        self.gamma
+            .as_ref()
+            .map(|g| g.value().iter().copied().collect())
+    }
+    fn beta(&self) -> Option<Vec<f32>> {
+        self.beta
+            .as_ref()
+            .map(|b| b.value().iter().copied().collect())
+    }
+    fn running_mean(&self) -> Vec<f32> {
+        self.running_mean.clone()
+    }
+    fn running_var(&self) -> Vec<f32> {
+        self.running_var.clone()
+    }
+}
