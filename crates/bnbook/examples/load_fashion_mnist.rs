@@ -34,20 +34,20 @@ fn main() -> ExitCode {
         .collect();
     println!("first 10 labels:   {:?}", &data.train.labels[..10]);
     println!("                   {}", names.join(", "));
-    println!("loaded and verified in {:.0} ms", elapsed.as_secs_f64() * 1e3);
+    println!(
+        "loaded and verified in {:.0} ms",
+        elapsed.as_secs_f64() * 1e3
+    );
     ExitCode::SUCCESS
 }
 
 /// Mean and (population) standard deviation of all pixels, summed in `f64`.
 fn pixel_mean_std(split: &Split) -> (f64, f64) {
     let n = split.images.len() as f64;
-    let (sum, sum_sq) = split
-        .images
-        .iter()
-        .fold((0.0f64, 0.0f64), |(s, s2), &p| {
-            let p = f64::from(p);
-            (s + p, s2 + p * p)
-        });
+    let (sum, sum_sq) = split.images.iter().fold((0.0f64, 0.0f64), |(s, s2), &p| {
+        let p = f64::from(p);
+        (s + p, s2 + p * p)
+    });
     let mean = sum / n;
     (mean, (sum_sq / n - mean * mean).sqrt())
 }

@@ -284,7 +284,7 @@ impl<const RANK: usize> ConciseBatchNorm<RANK> {
                 "BatchNorm: num_features must be at least 1".into(),
             ));
         }
-        if !(options.eps > 0.0) {
+        if options.eps.is_nan() || options.eps <= 0.0 {
             return Err(Error::InvalidArgument(format!(
                 "BatchNorm: eps must be positive, got {}",
                 options.eps

@@ -265,11 +265,7 @@ fn http_404_is_reported_and_leaves_nothing() {
     // train-labels is not served: 404.
     let server = TestServer::start(routes);
     let cache = TempDir::new().unwrap();
-    let err = load_err(&download_options(
-        server.base_url(),
-        cache.path(),
-        &data,
-    ));
+    let err = load_err(&download_options(server.base_url(), cache.path(), &data));
 
     match &err {
         DataError::Download {
@@ -350,11 +346,7 @@ fn a_page_that_is_not_gzip_is_rejected() {
     );
     let server = TestServer::start(routes);
     let cache = TempDir::new().unwrap();
-    let err = load_err(&download_options(
-        server.base_url(),
-        cache.path(),
-        &data,
-    ));
+    let err = load_err(&download_options(server.base_url(), cache.path(), &data));
     match &err {
         DataError::DownloadedFileInvalid { reason, .. } => {
             assert!(
@@ -382,11 +374,7 @@ fn interrupted_transfer_leaves_nothing() {
     );
     let server = TestServer::start(routes);
     let cache = TempDir::new().unwrap();
-    let err = load_err(&download_options(
-        server.base_url(),
-        cache.path(),
-        &data,
-    ));
+    let err = load_err(&download_options(server.base_url(), cache.path(), &data));
 
     match &err {
         DataError::Download {

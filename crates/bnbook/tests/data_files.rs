@@ -62,7 +62,13 @@ fn loads_plain_files() {
     assert_eq!(loaded.train.images[[5, 0, 0, 0]], 5.0 / 255.0);
     let byte = data.train_images[16 + 7 * 784 + 28 + 3];
     assert_eq!(loaded.train.images[[7, 0, 1, 3]], f32::from(byte) / 255.0);
-    assert!(loaded.train.images.iter().all(|&p| (0.0..=1.0).contains(&p)));
+    assert!(
+        loaded
+            .train
+            .images
+            .iter()
+            .all(|&p| (0.0..=1.0).contains(&p))
+    );
 }
 
 #[test]
@@ -426,7 +432,11 @@ fn unreadable_file_is_an_io_error_with_its_path() {
     // A directory where a file should be: found by name, unreadable as data.
     fs::remove_file(&path).unwrap();
     fs::create_dir(&path).unwrap();
-    fs::write(dir.path().join("t10k-images-idx3-ubyte.gz"), gzip(&data.test_images)).unwrap();
+    fs::write(
+        dir.path().join("t10k-images-idx3-ubyte.gz"),
+        gzip(&data.test_images),
+    )
+    .unwrap();
     assert!(FashionMnist::load(&options_for(dir.path(), &data)).is_ok());
 }
 
@@ -463,11 +473,17 @@ fn missing_files_list_every_place_searched() {
     for dir in &dirs {
         assert!(message.contains(&dir.display().to_string()), "{message}");
     }
-    assert!(message.contains("missing t10k-labels-idx1-ubyte"), "{message}");
+    assert!(
+        message.contains("missing t10k-labels-idx1-ubyte"),
+        "{message}"
+    );
     assert!(message.contains("does not exist"), "{message}");
-    assert!(message.contains("sudo apt install dataset-fashion-mnist"), "{message}");
+    assert!(
+        message.contains("sudo apt install dataset-fashion-mnist"),
+        "{message}"
+    );
     assert!(message.contains("FASHION_MNIST_DIR"), "{message}");
-    assert!(message.contains("BNBOOK_OFFLINE"), "{message}");
+    assert!(message.contains("\n  3. allow the download"), "{message}");
 }
 
 #[test]
@@ -477,7 +493,12 @@ fn first_complete_directory_wins() {
     let second = TempDir::new().unwrap();
     let small = Synthetic::new(3, 2);
     let large = Synthetic::new(7, 2);
-    write_file(incomplete.path(), FileKind::TrainImages, &large.train_images, false);
+    write_file(
+        incomplete.path(),
+        FileKind::TrainImages,
+        &large.train_images,
+        false,
+    );
     small.write(first.path(), true);
     large.write(second.path(), true);
 
@@ -554,7 +575,11 @@ fn shuffling_is_reproducible_and_a_permutation() {
     let mut all: Vec<usize> = a.concat();
     assert_ne!(all, (0..50).collect::<Vec<_>>(), "the order is shuffled");
     all.sort_unstable();
-    assert_eq!(all, (0..50).collect::<Vec<_>>(), "every example exactly once");
+    assert_eq!(
+        all,
+        (0..50).collect::<Vec<_>>(),
+        "every example exactly once"
+    );
 }
 
 #[test]
@@ -686,7 +711,10 @@ fn an_inconsistent_hand_made_split_is_an_error() {
 fn empty_split_gives_no_batches() {
     let split = numbered_split(0);
     assert!(split.is_empty());
-    assert_eq!(split.batches(4, &BatchOptions::default()).unwrap().count(), 0);
+    assert_eq!(
+        split.batches(4, &BatchOptions::default()).unwrap().count(),
+        0
+    );
 }
 
 #[test]

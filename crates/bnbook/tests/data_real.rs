@@ -124,9 +124,9 @@ fn official_checksums() {
         .into_iter()
         .map(|place| place.dir)
         .find(|dir| {
-            FileKind::ALL.iter().all(|k| {
-                dir.join(k.file_name()).is_file() || dir.join(k.gz_file_name()).is_file()
-            })
+            FileKind::ALL
+                .iter()
+                .all(|k| dir.join(k.file_name()).is_file() || dir.join(k.gz_file_name()).is_file())
         })
         .expect("real_data() found a directory");
     for (kind, sum) in published {

@@ -1,11 +1,14 @@
 //! Downloading the four `.gz` files into the cache directory.
 //!
 //! Each file is streamed into a hidden temporary file in the cache directory
-//! itself (`.NAME.gz.<pid>.part`), checked completely (length announced by
-//! the server, gzip integrity, IDX structure, SHA-256), and only then renamed
-//! to `NAME.gz`. A rename within one directory is atomic, so the final name
-//! never refers to a half-written file; on any failure the temporary file is
-//! deleted.
+//! itself (`.NAME.gz.<pid>-<n>.part`), checked completely (length announced
+//! by the server, gzip integrity, IDX structure, SHA-256), and only then
+//! renamed to `NAME.gz`. A rename within one directory is atomic, so the
+//! final name never refers to a half-written file; on any failure the
+//! temporary file is deleted.
+//!
+//! The HTTP client is `ureq`; it honours the usual `HTTP_PROXY`,
+//! `HTTPS_PROXY` and `NO_PROXY` variables, and speaks `https` too.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, IsTerminal, Read, Write};
@@ -119,7 +122,7 @@ fn copy_body(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_failure(e, expected, received)),
+            Err(e) => return Err(read_failure(&e, expected, received)),
         };
         received += n as u64;
         if received > MAX_DOWNLOAD_BYTES {
@@ -143,7 +146,7 @@ fn copy_body(
 
 /// A read error mid-body: with a known length, an early end of the stream
 /// is reported as [`DownloadFailure::Incomplete`].
-fn read_failure(e: io::Error, expected: Option<u64>, received: u64) -> DownloadFailure {
+fn read_failure(e: &io::Error, expected: Option<u64>, received: u64) -> DownloadFailure {
     match expected {
         Some(expected) if e.kind() == io::ErrorKind::UnexpectedEof => {
             DownloadFailure::Incomplete { expected, received }

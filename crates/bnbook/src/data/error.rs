@@ -185,8 +185,8 @@ To get Fashion-MNIST, do one of:
   2. put the four files (plain or .gz) in a directory and set FASHION_MNIST_DIR to it";
 
 /// The third way, for when no download was attempted.
-const OR_ALLOW_THE_DOWNLOAD: &str = "\
-  3. allow the download: unset BNBOOK_OFFLINE (or set LoadOptions::allow_download = true)";
+const OR_ALLOW_THE_DOWNLOAD: &str =
+    "  3. allow the download: unset BNBOOK_OFFLINE (or set LoadOptions::allow_download = true)";
 
 impl fmt::Display for DataError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -291,16 +291,16 @@ impl fmt::Display for DataError {
                 actual,
             } => write!(
                 f,
-                "{} is not the official Fashion-MNIST file: its decompressed SHA-256 is {actual}, \
-                 expected {expected}; delete it and get it again (or, for your own files, \
-                 pass Verify::Skip or Verify::Custom)",
+                "{} does not have the expected content: its decompressed SHA-256 is {actual}, \
+                 expected {expected}; delete it and get it again (or, for files that are not \
+                 the official ones, pass Verify::Skip or Verify::Custom)",
                 path.display()
             ),
             DataError::Download { url, path, failure } => {
                 write!(f, "downloading {url} to {} failed: ", path.display())?;
                 match failure {
                     DownloadFailure::HttpStatus(status) => {
-                        write!(f, "the server answered HTTP {status}")?
+                        write!(f, "the server answered HTTP {status}")?;
                     }
                     DownloadFailure::Connection(message) => write!(f, "{message}")?,
                     DownloadFailure::Incomplete { expected, received } => write!(
@@ -317,7 +317,8 @@ impl fmt::Display for DataError {
             }
             DataError::DownloadedFileInvalid { url, reason } => write!(
                 f,
-                "the file downloaded from {url} was rejected and deleted: {reason}"
+                "the file downloaded from {url} was rejected and deleted: {reason}. \
+                 Is BNBOOK_DATA_URL a Fashion-MNIST mirror?"
             ),
             DataError::ZeroBatchSize => {
                 write!(f, "batch size must be at least 1 (it was 0)")

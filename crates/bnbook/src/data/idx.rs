@@ -109,6 +109,11 @@ pub fn is_gz_path(path: &Path) -> bool {
 
 /// Reads a whole file into memory, decompressing it if `gzip` is true. The
 /// result is the raw IDX bytes.
+///
+/// # Errors
+///
+/// [`DataError::Io`] if the file cannot be read, [`DataError::CorruptGzip`]
+/// if `gzip` is true and the content is not valid gzip.
 pub fn read_decompressed(path: &Path, gzip: bool) -> Result<Vec<u8>, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     if !gzip {
@@ -150,6 +155,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Checks that the SHA-256 of `bytes` is `expected` (hex, either case).
+///
+/// # Errors
+///
+/// [`DataError::ChecksumMismatch`] (naming `path`) if it is not.
 pub fn verify_sha256(path: &Path, bytes: &[u8], expected: &str) -> Result<(), DataError> {
     let actual = sha256_hex(bytes);
     if actual.eq_ignore_ascii_case(expected.trim()) {
@@ -227,6 +236,11 @@ fn check_exact_length(
 
 /// Checks an IDX images file held in memory and returns the number of images
 /// and the pixel bytes (without the header).
+///
+/// # Errors
+///
+/// [`DataError::BadMagic`], [`DataError::BadDimensions`],
+/// [`DataError::Truncated`] or [`DataError::TooLong`], naming `path`.
 pub fn parse_images<'a>(path: &Path, bytes: &'a [u8]) -> Result<(usize, &'a [u8]), DataError> {
     check_header(path, bytes, IMAGES_HEADER_LEN, IMAGES_MAGIC)?;
     let count = be_u32(bytes, 4);
@@ -243,6 +257,11 @@ pub fn parse_images<'a>(path: &Path, bytes: &'a [u8]) -> Result<(usize, &'a [u8]
 
 /// Checks an IDX labels file held in memory (including that every label is
 /// below 10) and returns the labels.
+///
+/// # Errors
+///
+/// [`DataError::BadMagic`], [`DataError::Truncated`],
+/// [`DataError::TooLong`] or [`DataError::LabelOutOfRange`], naming `path`.
 pub fn parse_labels<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], DataError> {
     check_header(path, bytes, LABELS_HEADER_LEN, LABELS_MAGIC)?;
     let count = be_u32(bytes, 4);
@@ -260,6 +279,11 @@ pub fn parse_labels<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], DataEr
 
 /// Converts the first `count` images' pixel bytes (0..=255) to `f32` in
 /// `[0, 1]`, shaped `(count, 1, 28, 28)`: one grey channel per image.
+///
+/// # Panics
+///
+/// If `pixels` holds fewer than `count` images; [`parse_images`] returns a
+/// slice and count that always fit.
 pub fn pixels_to_array(pixels: &[u8], count: usize) -> Array4<f32> {
     let values: Vec<f32> = pixels[..count * PIXELS_PER_IMAGE]
         .iter()
@@ -272,6 +296,10 @@ pub fn pixels_to_array(pixels: &[u8], count: usize) -> Array4<f32> {
 /// Reads and checks an IDX images file (plain or `.gz`), without checksum.
 ///
 /// Returns the images as `f32` in `[0, 1]`, shaped `(n, 1, 28, 28)`.
+///
+/// # Errors
+///
+/// Those of [`read_decompressed`] and [`parse_images`].
 pub fn read_images(path: &Path) -> Result<Array4<f32>, DataError> {
     let bytes = read_decompressed(path, is_gz_path(path))?;
     let (count, pixels) = parse_images(path, &bytes)?;
@@ -279,6 +307,10 @@ pub fn read_images(path: &Path) -> Result<Array4<f32>, DataError> {
 }
 
 /// Reads and checks an IDX labels file (plain or `.gz`), without checksum.
+///
+/// # Errors
+///
+/// Those of [`read_decompressed`] and [`parse_labels`].
 pub fn read_labels(path: &Path) -> Result<Vec<u8>, DataError> {
     let bytes = read_decompressed(path, is_gz_path(path))?;
     Ok(parse_labels(path, &bytes)?.to_vec())
