@@ -13,7 +13,9 @@
 //!   "Concise BN");
 //! * [`gradcheck`] — finite-difference gradient checking, used by the tests
 //!   and by the book to show that every backward pass is right;
-//! * [`data`] — the Fashion-MNIST loader (find, verify, download, batch).
+//! * [`data`] — the Fashion-MNIST loader (find, verify, download, batch);
+//! * [`models`] — LeNet with and without batch norm;
+//! * [`train`] — d2l's training loop, with history and throughput.
 //!
 //! The crate re-exports [`ndarray`] so that notebooks and examples use exactly
 //! the version the crate was built with: `use bnbook::ndarray::prelude::*;`,
@@ -23,12 +25,15 @@ pub use ndarray;
 pub use rand;
 
 pub mod autograd;
+pub mod bench;
 pub mod concise;
 pub mod data;
 pub mod error;
 pub mod gradcheck;
+pub mod models;
 pub mod nn;
 pub mod scratch;
+pub mod train;
 
 pub use autograd::Tensor;
 pub use error::{Error, Result};

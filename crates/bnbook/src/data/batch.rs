@@ -203,9 +203,7 @@ impl Split {
         options: &BatchOptions,
     ) -> Result<Batches<'_>, DataError> {
         self.check_batchable(batch_size)?;
-        let n = options
-            .limit
-            .map_or(self.len(), |limit| limit.min(self.len()));
+        let n = self.limited_len(options.limit);
         Ok(Batches {
             split: self,
             order: epoch_order(n, options),
@@ -226,10 +224,13 @@ impl Split {
         options: &BatchOptions,
     ) -> Result<usize, DataError> {
         self.check_batchable(batch_size)?;
-        let n = options
-            .limit
-            .map_or(self.len(), |limit| limit.min(self.len()));
+        let n = self.limited_len(options.limit);
         Ok(used_examples(n, batch_size, options.last_batch).div_ceil(batch_size))
+    }
+
+    /// The number of examples considered when only the first `limit` are used.
+    fn limited_len(&self, limit: Option<usize>) -> usize {
+        limit.map_or(self.len(), |limit| limit.min(self.len()))
     }
 
     /// Rejects a zero batch size and a split whose fields disagree.

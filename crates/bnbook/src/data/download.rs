@@ -69,8 +69,9 @@ fn download_one(
         failure,
     };
 
-    let temp = TempFile::create(cache_dir, kind).map_err(|e| DataError::io(cache_dir, e))?;
-    fetch(agent, &url, temp.path(), kind, options.show_progress).map_err(download_error)?;
+    let (temp, file) =
+        TempFile::create(cache_dir, kind).map_err(|e| DataError::io(cache_dir, e))?;
+    fetch(agent, &url, file, kind, options.show_progress).map_err(download_error)?;
     check_file(temp.path(), true, kind, &options.verify).map_err(|reason| {
         DataError::DownloadedFileInvalid {
             url: url.clone(),
@@ -81,11 +82,11 @@ fn download_one(
         .map_err(|e| DataError::io(&final_path, e))
 }
 
-/// Streams the body of `url` into the file at `dest`.
+/// Streams the body of `url` into `file`.
 fn fetch(
     agent: &ureq::Agent,
     url: &str,
-    dest: &Path,
+    file: File,
     kind: FileKind,
     show_progress: bool,
 ) -> Result<(), DownloadFailure> {
@@ -100,7 +101,6 @@ fn fetch(
     let expected = response.body().content_length();
     let bar = progress_bar(expected, kind.file_name(), show_progress);
     let reader = response.into_body().into_reader();
-    let file = File::create(dest).map_err(DownloadFailure::Write)?;
     let result = copy_body(reader, file, expected, &bar);
     bar.finish_and_clear();
     result
@@ -167,7 +167,7 @@ fn progress_bar(len: Option<u64>, name: &str, show: bool) -> ProgressBar {
         Some(len) => ProgressBar::new(len),
         None => ProgressBar::new_spinner(),
     };
-    let template = "{msg:24} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})";
+    let template = "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})";
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));
     }
@@ -184,19 +184,20 @@ struct TempFile {
 
 impl TempFile {
     /// Creates `dir/.NAME.gz.<pid>-<n>.part`, refusing to reuse an existing
-    /// file. The process id and a per-process counter keep concurrent
-    /// downloads apart. The name never matches `NAME` or `NAME.gz`, so a
-    /// directory search never mistakes it for data.
-    fn create(dir: &Path, kind: FileKind) -> io::Result<Self> {
+    /// file, and returns it opened for writing. The process id and a
+    /// per-process counter keep concurrent downloads apart. The name never
+    /// matches `NAME` or `NAME.gz`, so a directory search never mistakes it
+    /// for data.
+    fn create(dir: &Path, kind: FileKind) -> io::Result<(Self, File)> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let path = dir.join(format!(".{}.{pid}-{n}.part", kind.gz_file_name()));
-        OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)?;
-        Ok(TempFile { path, keep: false })
+        Ok((TempFile { path, keep: false }, file))
     }
 
     /// Where the temporary file is.

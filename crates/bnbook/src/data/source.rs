@@ -230,21 +230,18 @@ pub(crate) fn locate(options: &LoadOptions) -> Result<DataFiles, Vec<SearchedDir
     Err(searched)
 }
 
-/// Why [`locate`] failing cannot be rescued by a download, if it cannot.
-pub(crate) fn reason_not_to_download(options: &LoadOptions) -> Option<String> {
+/// The directory to download into, or why there will be no download.
+pub(crate) fn download_target(options: &LoadOptions) -> Result<&Path, String> {
     if !options.allow_download {
-        return Some(format!(
+        return Err(format!(
             "downloading is turned off ({ENV_OFFLINE}=1 or LoadOptions::allow_download = false)"
         ));
     }
-    if options.cache_dir.is_none() {
-        return Some(
-            "there is no cache directory to download into (neither XDG_CACHE_HOME nor HOME \
-             is set; set LoadOptions::cache_dir)"
-                .to_string(),
-        );
-    }
-    None
+    options.cache_dir.as_deref().ok_or_else(|| {
+        "there is no cache directory to download into (neither XDG_CACHE_HOME nor HOME \
+         is set; set LoadOptions::cache_dir)"
+            .to_string()
+    })
 }
 
 /// Builds the "not found" error for `searched`.

@@ -118,6 +118,11 @@ impl Sequential {
         self.layers.push(Box::new(layer));
     }
 
+    /// Appends an already boxed layer (for layers chosen at run time).
+    pub fn push_boxed(&mut self, layer: Box<dyn Module>) {
+        self.layers.push(layer);
+    }
+
     /// The layers, in order.
     pub fn layers(&self) -> &[Box<dyn Module>] {
         &self.layers

@@ -1,0 +1,100 @@
+//! Timing of training steps and evaluation passes (`bnbook bench`).
+//!
+//! Speed is measured, never asserted in tests: this module times whole
+//! training steps (forward, loss, backward, SGD update) and evaluation
+//! forward passes on a fixed batch, after warm-up, and reports medians.
+
+use crate::autograd::Tensor;
+use crate::error::Result;
+use crate::gradcheck::random_input;
+use crate::models::ModelKind;
+use crate::nn::{Mode, Module, Sgd};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Medians of a benchmark run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Model name.
+    pub model: String,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Timed batches (after warm-up).
+    pub batches: usize,
+    /// Median milliseconds per training step.
+    pub train_step_ms: f64,
+    /// Median milliseconds per evaluation forward pass.
+    pub eval_forward_ms: f64,
+    /// Training examples per second, from the median step.
+    pub train_examples_per_sec: f64,
+    /// Evaluation examples per second, from the median pass.
+    pub eval_examples_per_sec: f64,
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} batch {}: train step {:.2} ms ({:.0} examples/sec), eval forward {:.2} ms ({:.0} examples/sec), median of {} batches",
+            self.model,
+            self.batch_size,
+            self.train_step_ms,
+            self.train_examples_per_sec,
+            self.eval_forward_ms,
+            self.eval_examples_per_sec,
+            self.batches
+        )
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Times `batches` training steps and evaluation passes of `model` at
+/// `batch_size` on random images (the speed does not depend on the pixel
+/// values), after 5 untimed warm-up steps.
+///
+/// # Errors
+/// If the model cannot be built or run (never for the built-in models).
+pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<BenchReport> {
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut net = model.build(&mut rng)?;
+    let params = net.parameters();
+    let sgd = Sgd::new(0.1);
+    let x = Tensor::new(random_input(&[batch_size, 1, 28, 28], 0.0, 1.0, 1));
+    let labels: Vec<usize> = (0..batch_size).map(|i| i % 10).collect();
+    let warm_up = 5;
+    let (mut train_ms, mut eval_ms) = (Vec::new(), Vec::new());
+    for i in 0..warm_up + batches.max(1) {
+        let start = Instant::now();
+        let loss = net
+            .forward(&x, Mode::Train)?
+            .softmax_cross_entropy(&labels)?;
+        loss.backward();
+        sgd.step(&params);
+        sgd.zero_grad(&params);
+        drop(loss);
+        let trained = Instant::now();
+        let logits = net.forward(&x, Mode::Eval)?;
+        drop(logits);
+        let evaluated = Instant::now();
+        if i >= warm_up {
+            train_ms.push((trained - start).as_secs_f64() * 1e3);
+            eval_ms.push((evaluated - trained).as_secs_f64() * 1e3);
+        }
+    }
+    let (train_step_ms, eval_forward_ms) = (median(train_ms), median(eval_ms));
+    Ok(BenchReport {
+        model: model.name().to_string(),
+        batch_size,
+        batches: batches.max(1),
+        train_step_ms,
+        eval_forward_ms,
+        train_examples_per_sec: batch_size as f64 / train_step_ms * 1e3,
+        eval_examples_per_sec: batch_size as f64 / eval_forward_ms * 1e3,
+    })
+}

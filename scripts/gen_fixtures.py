@@ -1,0 +1,466 @@
+#!/usr/bin/env python3
+"""Generate PyTorch reference fixtures for the bnbook batch-norm tests.
+
+Writes crates/bnbook/tests/fixtures/batchnorm_pytorch.json: a few small
+batch-norm cases (torch.nn.BatchNorm1d / BatchNorm2d, and a from-scratch
+batch norm with d2l's conventions), each run for three training steps and one
+evaluation step, with inputs, outputs, gradients and running statistics.
+The Rust tests read this file; they never run Python. This script is run by
+hand, not in CI.
+
+File layout: {"generator", "torch_version", "numpy_version", "cases": [...]}.
+Every array is a flat row-major list of float32 values; "shape" gives the
+input shape, (N, C) or (N, C, H, W). Each case has:
+  name, source ("torch.nn.BatchNorm1d" | "torch.nn.BatchNorm2d" | "d2l_scratch"),
+  shape, num_features, eps,
+  momentum        torch: weight of the NEW batch (null = cumulative average,
+                  i.e. weight 1/num_batches_tracked); d2l_scratch: 0.9 = weight
+                  of the OLD value
+  affine, track_running_stats,
+  running_var_kind "unbiased" (torch, divides by count-1) | "biased" (d2l)
+  gamma, beta     initial affine params, length C (null when affine is false)
+  running_mean_init, running_var_init   zeros / ones
+  train_steps     3 training steps on the same layer, gamma/beta never
+                  updated: {x, grad_y, y, grad_x, grad_gamma, grad_beta,
+                  running_mean, running_var (after the step),
+                  num_batches_tracked}, with loss = (y * grad_y).sum()
+  eval            {x, y}: evaluation mode after the 3 steps (running stats)
+
+Versions used to generate the committed JSON file:
+
+    Python 3.11.7, torch 2.15.0 (PyPI default wheel, reports 2.15.0+cu132,
+    run on CPU only), numpy 2.4.6
+
+To regenerate (from the repository root; the venv lives outside the repo):
+
+    python3 -m venv /work/venv-torch
+    /work/venv-torch/bin/pip install torch==2.15.0 numpy==2.4.6
+    /work/venv-torch/bin/python scripts/gen_fixtures.py          # write
+    /work/venv-torch/bin/python scripts/gen_fixtures.py --verify # re-check
+
+Determinism: every random number comes from numpy's PCG64 generator with a
+fixed per-case seed (so adding a case does not change the others), values are
+float32 throughout, torch runs on CPU with one thread and deterministic
+algorithms, and floats are written as the shortest decimal string that reads
+back to the same float32. Rerunning with the same versions on the same kind of
+CPU reproduces the file byte for byte. Another torch version or CPU may change
+the last bits of the outputs (not the inputs); the Rust tests compare with a
+tolerance, so that is harmless, but commit a regenerated file only on purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO_ROOT / "crates" / "bnbook" / "tests" / "fixtures" / "batchnorm_pytorch.json"
+GENERATOR = "scripts/gen_fixtures.py"
+EXPECTED_VERSIONS = {"torch": "2.15.0", "numpy": "2.4.6"}
+TRAIN_STEPS = 3
+EPS = 1e-5
+
+
+# --------------------------------------------------------------------------
+# Number formatting
+# --------------------------------------------------------------------------
+
+
+def f32(v) -> float:
+    """A float32 value as the Python float whose repr is the shortest decimal
+    string that parses back to exactly that float32 (at most 9 significant
+    digits)."""
+    out = float(str(np.float32(v)))
+    if not math.isfinite(out):
+        raise ValueError(f"non-finite value in fixture: {v!r}")
+    return out
+
+
+def flat(t) -> list[float]:
+    """A tensor or array as a flat row-major list of float32 values."""
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu().numpy()
+    a = np.ascontiguousarray(np.asarray(t, dtype=np.float32)).reshape(-1)
+    return [f32(v) for v in a]
+
+
+# --------------------------------------------------------------------------
+# Random inputs (numpy only, so they do not depend on torch's RNG)
+# --------------------------------------------------------------------------
+
+
+def normal(rng: np.random.Generator, shape, mean: float, std: float) -> torch.Tensor:
+    return torch.from_numpy(rng.normal(mean, std, size=shape).astype(np.float32))
+
+
+def uniform(rng: np.random.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
+    return torch.from_numpy(rng.uniform(lo, hi, size=n).astype(np.float32))
+
+
+def affine_init(rng: np.random.Generator, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-trivial initial scale and shift, so a wrong gamma/beta shows."""
+    gamma = uniform(rng, c, 0.5, 1.5)
+    beta = uniform(rng, c, -0.5, 0.5)
+    return gamma, beta
+
+
+def batch_input(rng: np.random.Generator, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training input far from N(0, 1) (so running stats move visibly) and
+    the upstream gradient dL/dy used as loss = (y * grad_y).sum()."""
+    x = normal(rng, shape, 2.0, 3.0)
+    grad_y = normal(rng, shape, 0.0, 1.0)
+    return x, grad_y
+
+
+# --------------------------------------------------------------------------
+# torch.nn.BatchNorm1d / BatchNorm2d cases
+# --------------------------------------------------------------------------
+
+
+def torch_case(name: str, seed: int, shape, momentum, affine: bool = True) -> dict:
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    if len(shape) == 2:
+        module = torch.nn.BatchNorm1d(c, eps=EPS, momentum=momentum, affine=affine)
+        source = "torch.nn.BatchNorm1d"
+    elif len(shape) == 4:
+        module = torch.nn.BatchNorm2d(c, eps=EPS, momentum=momentum, affine=affine)
+        source = "torch.nn.BatchNorm2d"
+    else:
+        raise ValueError(f"unsupported shape {shape}")
+    module = module.to(torch.float32)
+
+    gamma = beta = None
+    if affine:
+        gamma, beta = affine_init(rng, c)
+        with torch.no_grad():
+            module.weight.copy_(gamma)
+            module.bias.copy_(beta)
+
+    case = {
+        "name": name,
+        "source": source,
+        "shape": list(shape),
+        "num_features": c,
+        "eps": EPS,
+        "momentum": momentum,
+        "affine": affine,
+        "track_running_stats": True,
+        "running_var_kind": "unbiased",
+        "gamma": flat(gamma) if affine else None,
+        "beta": flat(beta) if affine else None,
+        "running_mean_init": flat(module.running_mean),
+        "running_var_init": flat(module.running_var),
+        "train_steps": [],
+    }
+
+    module.train()
+    for _ in range(TRAIN_STEPS):
+        x, grad_y = batch_input(rng, shape)
+        x.requires_grad_(True)
+        y = module(x)
+        (y * grad_y).sum().backward()
+        case["train_steps"].append(
+            {
+                "x": flat(x),
+                "grad_y": flat(grad_y),
+                "y": flat(y),
+                "grad_x": flat(x.grad),
+                "grad_gamma": flat(module.weight.grad) if affine else None,
+                "grad_beta": flat(module.bias.grad) if affine else None,
+                "running_mean": flat(module.running_mean),
+                "running_var": flat(module.running_var),
+                "num_batches_tracked": int(module.num_batches_tracked.item()),
+            }
+        )
+        # No optimizer: gamma/beta stay at their initial values. Just clear
+        # the gradients so the next step does not accumulate into them.
+        module.zero_grad(set_to_none=True)
+
+    module.eval()
+    x_eval = normal(rng, shape, 2.0, 3.0)
+    with torch.no_grad():
+        y_eval = module(x_eval)
+    case["eval"] = {"x": flat(x_eval), "y": flat(y_eval)}
+    return case
+
+
+# --------------------------------------------------------------------------
+# From-scratch batch norm with d2l's conventions
+# --------------------------------------------------------------------------
+
+
+def scratch_batch_norm(x, gamma, beta, moving_mean, moving_var, eps, momentum, training):
+    """Batch norm written out by hand, following the conventions of the
+    from-scratch version in Dive into Deep Learning (v2):
+
+    * the mode is an explicit argument rather than inferred from whether
+      autograd is recording;
+    * statistics are taken per feature over the batch axis for a 2-D input
+      and per channel over the batch and both spatial axes for a 4-D input;
+    * the batch variance is the plain (biased, divide-by-count) mean of the
+      squared deviations, and that same biased value feeds the moving
+      variance;
+    * `momentum` is the weight kept by the OLD moving value (0.9 means
+      new = 0.9 * old + 0.1 * batch), the opposite of PyTorch's meaning;
+    * in evaluation mode the input is normalised with the moving statistics.
+
+    Returns the output and the updated moving statistics (detached).
+    """
+    if training:
+        if x.dim() == 2:
+            axes = (0,)
+        else:
+            axes = (0, 2, 3)
+        mu = x.mean(dim=axes, keepdim=x.dim() != 2)
+        sq_dev = (x - mu) ** 2
+        var = sq_dev.mean(dim=axes, keepdim=x.dim() != 2)
+        x_hat = (x - mu) / torch.sqrt(var + eps)
+        new_mean = momentum * moving_mean + (1.0 - momentum) * mu
+        new_var = momentum * moving_var + (1.0 - momentum) * var
+    else:
+        x_hat = (x - moving_mean) / torch.sqrt(moving_var + eps)
+        new_mean, new_var = moving_mean, moving_var
+    y = gamma * x_hat + beta
+    return y, new_mean.detach(), new_var.detach()
+
+
+def scratch_case(name: str, seed: int, shape) -> dict:
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    momentum = 0.9
+    param_shape = (1, c) if len(shape) == 2 else (1, c, 1, 1)
+
+    gamma0, beta0 = affine_init(rng, c)
+    gamma = gamma0.reshape(param_shape).clone().requires_grad_(True)
+    beta = beta0.reshape(param_shape).clone().requires_grad_(True)
+    moving_mean = torch.zeros(param_shape, dtype=torch.float32)
+    moving_var = torch.ones(param_shape, dtype=torch.float32)
+
+    case = {
+        "name": name,
+        "source": "d2l_scratch",
+        "shape": list(shape),
+        "num_features": c,
+        "eps": EPS,
+        "momentum": momentum,
+        "affine": True,
+        "track_running_stats": True,
+        "running_var_kind": "biased",
+        "gamma": flat(gamma),
+        "beta": flat(beta),
+        "running_mean_init": flat(moving_mean),
+        "running_var_init": flat(moving_var),
+        "train_steps": [],
+    }
+
+    for step in range(1, TRAIN_STEPS + 1):
+        x, grad_y = batch_input(rng, shape)
+        x.requires_grad_(True)
+        y, moving_mean, moving_var = scratch_batch_norm(
+            x, gamma, beta, moving_mean, moving_var, EPS, momentum, training=True
+        )
+        (y * grad_y).sum().backward()
+        case["train_steps"].append(
+            {
+                "x": flat(x),
+                "grad_y": flat(grad_y),
+                "y": flat(y),
+                "grad_x": flat(x.grad),
+                "grad_gamma": flat(gamma.grad),
+                "grad_beta": flat(beta.grad),
+                "running_mean": flat(moving_mean),
+                "running_var": flat(moving_var),
+                "num_batches_tracked": step,  # no counter in the scratch version
+            }
+        )
+        gamma.grad = None
+        beta.grad = None
+
+    x_eval = normal(rng, shape, 2.0, 3.0)
+    with torch.no_grad():
+        y_eval, _, _ = scratch_batch_norm(
+            x_eval, gamma, beta, moving_mean, moving_var, EPS, momentum, training=False
+        )
+    case["eval"] = {"x": flat(x_eval), "y": flat(y_eval)}
+    return case
+
+
+# --------------------------------------------------------------------------
+# The fixture file
+# --------------------------------------------------------------------------
+
+
+def build() -> dict:
+    cases = [
+        torch_case("torch_bn1d_default", 101, (8, 5), momentum=0.1),
+        torch_case("torch_bn1d_cumulative", 102, (8, 5), momentum=None),
+        torch_case("torch_bn1d_no_affine", 103, (6, 4), momentum=0.1, affine=False),
+        torch_case("torch_bn2d_default", 104, (4, 3, 5, 5), momentum=0.1),
+        torch_case("torch_bn2d_momentum_0_3", 105, (2, 3, 4, 4), momentum=0.3),
+        torch_case("torch_bn1d_batch_of_two", 106, (2, 3), momentum=0.1),
+        scratch_case("d2l_scratch_rank2", 201, (8, 5)),
+        scratch_case("d2l_scratch_rank4", 202, (4, 3, 5, 5)),
+    ]
+    names = [c["name"] for c in cases]
+    assert len(names) == len(set(names)), "case names must be unique"
+    return {
+        "generator": GENERATOR,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "cases": cases,
+    }
+
+
+def dumps(value, indent: int = 0) -> str:
+    """JSON with one key per line but every number list on a single line:
+    readable in a diff, and a fraction of the size of json.dumps(indent=...)."""
+    pad = "  " * indent
+    inner = "  " * (indent + 1)
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(k)}: {dumps(v, indent + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        items = [inner + dumps(v, indent + 1) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(value, allow_nan=False)
+
+
+def setup_torch() -> None:
+    torch.manual_seed(0)  # nothing here draws from torch's RNG; set anyway
+    torch.set_num_threads(1)  # fixed reduction order
+    torch.use_deterministic_algorithms(True)
+    torch.set_default_dtype(torch.float32)
+
+
+def warn_on_version_drift() -> None:
+    found = {"torch": torch.__version__.split("+")[0], "numpy": np.__version__}
+    for lib, want in EXPECTED_VERSIONS.items():
+        if found[lib] != want:
+            print(
+                f"warning: {lib} {found[lib]} differs from {want}, the version the "
+                "committed fixtures were made with; outputs may differ in the last bits",
+                file=sys.stderr,
+            )
+
+
+# --------------------------------------------------------------------------
+# Verification: reload the file and recompute every case in float64 numpy
+# --------------------------------------------------------------------------
+
+
+def reference_step(x, dy, gamma, beta, rm, rv, eps, momentum, step, kind):
+    """Training-mode forward/backward and running-stat update, in float64."""
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    bshape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
+    m = x.size // x.shape[1]  # values per channel
+    mu = x.mean(axis=axes)
+    var_b = ((x - mu.reshape(bshape)) ** 2).mean(axis=axes)
+    inv = 1.0 / np.sqrt(var_b + eps)
+    x_hat = (x - mu.reshape(bshape)) * inv.reshape(bshape)
+    y = gamma.reshape(bshape) * x_hat + beta.reshape(bshape)
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * x_hat).sum(axis=axes)
+    dx = (gamma * inv / m).reshape(bshape) * (
+        m * dy - dbeta.reshape(bshape) - x_hat * dgamma.reshape(bshape)
+    )
+    if kind == "unbiased":
+        var_run = var_b * m / (m - 1)
+        w_new = 1.0 / step if momentum is None else momentum  # torch: weight of the batch
+    else:
+        var_run = var_b
+        w_new = 1.0 - momentum  # d2l: momentum is the weight of the old value
+    rm = (1.0 - w_new) * rm + w_new * mu
+    rv = (1.0 - w_new) * rv + w_new * var_run
+    return y, dx, dgamma, dbeta, rm, rv
+
+
+def close(name, got, want, rtol=1e-4, atol=1e-5):
+    got = np.asarray(got, dtype=np.float64).reshape(-1)
+    want = np.asarray(want, dtype=np.float64).reshape(-1)
+    if got.shape != want.shape or not np.allclose(got, want, rtol=rtol, atol=atol):
+        err = np.max(np.abs(got - want)) if got.shape == want.shape else "shape"
+        raise AssertionError(f"{name}: mismatch (max abs err {err})")
+
+
+def verify(path: Path) -> None:
+    data = json.loads(path.read_text())
+    assert data["generator"] == GENERATOR
+    for case in data["cases"]:
+        n = case["name"]
+        shape = tuple(case["shape"])
+        size, c = int(np.prod(shape)), case["num_features"]
+        assert shape[1] == c and len(shape) in (2, 4), n
+        assert case["source"] == {2: "torch.nn.BatchNorm1d", 4: "torch.nn.BatchNorm2d"}[
+            len(shape)
+        ] or case["source"] == "d2l_scratch", n
+        affine = case["affine"]
+        for key in ("gamma", "beta"):
+            assert (len(case[key]) == c) if affine else case[key] is None, (n, key)
+        assert len(case["running_mean_init"]) == c and len(case["running_var_init"]) == c
+        assert len(case["train_steps"]) == TRAIN_STEPS, n
+
+        gamma = np.array(case["gamma"] if affine else [1.0] * c)
+        beta = np.array(case["beta"] if affine else [0.0] * c)
+        rm = np.array(case["running_mean_init"], dtype=np.float64)
+        rv = np.array(case["running_var_init"], dtype=np.float64)
+        for i, st in enumerate(case["train_steps"], start=1):
+            where = f"{n} step {i}"
+            for key in ("x", "grad_y", "y", "grad_x"):
+                assert len(st[key]) == size, (where, key)
+            for key in ("running_mean", "running_var"):
+                assert len(st[key]) == c, (where, key)
+            for key in ("grad_gamma", "grad_beta"):
+                assert (len(st[key]) == c) if affine else st[key] is None, (where, key)
+            assert st["num_batches_tracked"] == i, where
+            x = np.array(st["x"]).reshape(shape)
+            dy = np.array(st["grad_y"]).reshape(shape)
+            y, dx, dg, db, rm, rv = reference_step(
+                x, dy, gamma, beta, rm, rv, case["eps"], case["momentum"], i,
+                case["running_var_kind"],
+            )
+            close(f"{where} y", st["y"], y)
+            close(f"{where} grad_x", st["grad_x"], dx)
+            if affine:
+                close(f"{where} grad_gamma", st["grad_gamma"], dg)
+                close(f"{where} grad_beta", st["grad_beta"], db)
+            close(f"{where} running_mean", st["running_mean"], rm)
+            close(f"{where} running_var", st["running_var"], rv)
+            # Continue from the stored (float32) stats, as the module did.
+            rm = np.array(st["running_mean"])
+            rv = np.array(st["running_var"])
+
+        ev = case["eval"]
+        assert len(ev["x"]) == size and len(ev["y"]) == size, n
+        bshape = (1, -1) if len(shape) == 2 else (1, -1, 1, 1)
+        xe = np.array(ev["x"]).reshape(shape)
+        ye = gamma.reshape(bshape) * (xe - rm.reshape(bshape)) / np.sqrt(
+            rv.reshape(bshape) + case["eps"]
+        ) + beta.reshape(bshape)
+        close(f"{n} eval y", ev["y"], ye)
+        print(f"ok  {n}")
+    print(f"verified {len(data['cases'])} cases in {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output JSON path")
+    ap.add_argument("--verify", action="store_true", help="only re-check an existing file")
+    args = ap.parse_args()
+    if not args.verify:
+        setup_torch()
+        warn_on_version_drift()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(dumps(build()) + "\n")
+        print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
+    verify(args.out)
+
+
+if __name__ == "__main__":
+    main()
