@@ -50,6 +50,9 @@ fn bench(padding: usize, reps: usize) {
     );
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let threads = std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "default".into());
     println!("MATMUL_NUM_THREADS = {threads}");

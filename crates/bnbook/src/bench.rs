@@ -59,8 +59,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// values), after 5 untimed warm-up steps.
 ///
 /// # Errors
-/// If the model cannot be built or run (never for the built-in models).
+/// If `batch_size` is below 2 (batch norm needs two values per channel).
 pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<BenchReport> {
+    if batch_size < 2 {
+        return Err(crate::Error::InvalidArgument(format!(
+            "batch size must be at least 2 for batch norm training, got {batch_size}"
+        )));
+    }
     let mut rng = StdRng::seed_from_u64(0);
     let mut net = model.build(&mut rng)?;
     let params = net.parameters();

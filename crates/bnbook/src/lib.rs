@@ -15,11 +15,15 @@
 //!   and by the book to show that every backward pass is right;
 //! * [`data`] — the Fashion-MNIST loader (find, verify, download, batch);
 //! * [`models`] — LeNet with and without batch norm;
-//! * [`train`] — d2l's training loop, with history and throughput.
+//! * [`train`] — d2l's training loop, with history and throughput;
+//! * [`plot`] — SVG figures that also display inline in notebooks;
+//! * [`bench`](mod@bench) — timing of training steps.
 //!
 //! The crate re-exports [`ndarray`] so that notebooks and examples use exactly
 //! the version the crate was built with: `use bnbook::ndarray::prelude::*;`,
 //! and [`rand`] for seeding: `use bnbook::rand::{SeedableRng, rngs::StdRng};`.
+
+#![warn(missing_docs)]
 
 pub use ndarray;
 pub use rand;
@@ -32,6 +36,7 @@ pub mod error;
 pub mod gradcheck;
 pub mod models;
 pub mod nn;
+pub mod plot;
 pub mod scratch;
 pub mod train;
 

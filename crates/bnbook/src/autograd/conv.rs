@@ -1,14 +1,17 @@
 //! Convolution and pooling over `(N, C, H, W)` images.
 //!
 //! Convolution is done the way fast libraries do it on a CPU: **im2col**
-//! copies every receptive field into one column of a matrix, after which the
-//! whole convolution is a single matrix product (GEMM) with the kernels.
+//! copies every receptive field of an image into one column of a matrix,
+//! after which the image's whole convolution is a single matrix product
+//! (GEMM) with the kernels.
 //! The backward pass is two more GEMMs and the reverse copy, **col2im**,
 //! which *adds* the pieces back into image positions (fields overlap, so a
 //! pixel collects gradient from every window that saw it).
 
-use super::Tensor;
-use ndarray::{Array2, ArrayD, Axis, IxDyn};
+use super::{Tensor, kernels};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewMut2, IxDyn};
+use rayon::prelude::*;
 
 /// Sizes of one convolution or pooling window sweep.
 #[derive(Clone, Copy, Debug)]
@@ -64,30 +67,30 @@ impl Geometry {
         }
     }
 
-    /// Number of kernel entries `(c, ky, kx)`: the rows of the im2col matrix.
+    /// Number of kernel entries `(c, ky, kx)`: the rows of an image's im2col matrix.
     fn field(&self) -> usize {
         self.c * self.kh * self.kw
     }
 
-    /// Number of output positions `(n, oy, ox)`: the columns of the im2col matrix.
+    /// Number of output positions `(oy, ox)` of one image: the columns of
+    /// its im2col matrix.
     fn positions(&self) -> usize {
-        self.n * self.oh * self.ow
+        self.oh * self.ow
     }
 
-    /// Walks the im2col matrix one contiguous run at a time. For every
-    /// kernel entry `(c, ky, kx)` (matrix row `r`), image `n` and output row
-    /// `oy` whose input row lies inside the image, calls
-    /// `f(r, start, x_start, len)`: the matrix entries
-    /// `start .. start + len` of row `r` (output columns `ox`) come from the
-    /// input pixels `x_start + ox_step · stride` of one image row.
-    /// Positions that fall on the zero padding are skipped.
+    /// Walks one image's im2col matrix one contiguous run at a time. For
+    /// every kernel entry `(c, ky, kx)` (matrix row `r`) and output row `oy`
+    /// whose input row lies inside the image, calls `f(r, start, x_start, len)`:
+    /// entries `start .. start + len` of row `r` (output columns `ox`) come
+    /// from input pixels `x_start + i · stride` of the image. Positions on
+    /// the zero padding are skipped.
     fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
         let g = *self;
         for c in 0..g.c {
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
                     let r = (c * g.kh + ky) * g.kw + kx;
-                    // output columns whose input column ix = ox·stride + kx − padding is inside
+                    // output columns whose input column ox·stride + kx − padding is inside
                     let lo = g.padding.saturating_sub(kx).div_ceil(g.stride);
                     let hi = if g.w + g.padding > kx {
                         ((g.w + g.padding - kx - 1) / g.stride + 1).min(g.ow)
@@ -97,83 +100,71 @@ impl Geometry {
                     if lo >= hi {
                         continue;
                     }
-                    for n in 0..g.n {
-                        for oy in 0..g.oh {
-                            // wrapping_sub turns a row above the image into a huge index
-                            let iy = (oy * g.stride + ky).wrapping_sub(g.padding);
-                            if iy >= g.h {
-                                continue;
-                            }
-                            let start = (n * g.oh + oy) * g.ow + lo;
-                            let x_start =
-                                (((n * g.c + c) * g.h + iy) * g.w + lo * g.stride + kx) - g.padding;
-                            f(r, start, x_start, hi - lo);
+                    for oy in 0..g.oh {
+                        // wrapping_sub turns a row above the image into a huge index
+                        let iy = (oy * g.stride + ky).wrapping_sub(g.padding);
+                        if iy >= g.h {
+                            continue;
                         }
+                        let start = oy * g.ow + lo;
+                        let x_start = ((c * g.h + iy) * g.w + lo * g.stride + kx) - g.padding;
+                        f(r, start, x_start, hi - lo);
                     }
                 }
             }
         }
     }
+
+    /// Values in one input image.
+    fn image_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
 }
 
-/// im2col, in the layout that suits a row-major GEMM: one **row** per kernel
-/// entry `(c, ky, kx)`, one **column** per output position `(n, oy, ox)`.
-/// Column `(n, oy, ox)` holds the receptive field of that output; padding
-/// positions stay zero.
-fn im2col(x: &[f32], g: &Geometry) -> Array2<f32> {
-    let cols = g.positions();
-    let mut m = Array2::zeros((g.field(), cols));
-    let out = m.as_slice_mut().expect("fresh array is contiguous");
+/// im2col of one image into `cols`, a `(C·KH·KW, OH·OW)` row-major matrix:
+/// column `(oy, ox)` holds the receptive field of that output position.
+/// Padding entries are never written, so `cols` must start zeroed (and
+/// stays valid for reuse with the next image of the same geometry).
+fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32]) {
+    let positions = g.positions();
     g.for_each_run(|r, start, x_start, len| {
-        let dst = &mut out[r * cols + start..][..len];
-        for (i, d) in dst.iter_mut().enumerate() {
-            *d = x[x_start + i * g.stride];
+        let dst = &mut cols[r * positions + start..][..len];
+        if g.stride == 1 {
+            dst.copy_from_slice(&x[x_start..x_start + len]);
+        } else {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = x[x_start + i * g.stride];
+            }
         }
     });
-    m
 }
 
 /// col2im: the adjoint of im2col — adds every matrix entry back onto the
-/// pixel it was copied from (overlapping windows add up).
-fn col2im(m: &Array2<f32>, g: &Geometry) -> ArrayD<f32> {
-    let cols = g.positions();
-    let src = m.as_slice().expect("GEMM result is contiguous");
-    let mut dx = vec![0.0; g.n * g.c * g.h * g.w];
+/// pixel of `dx` (one image) it was copied from; overlapping windows add up.
+fn col2im(cols: &[f32], g: &Geometry, dx: &mut [f32]) {
+    let positions = g.positions();
     g.for_each_run(|r, start, x_start, len| {
-        for (i, v) in src[r * cols + start..][..len].iter().enumerate() {
+        for (i, v) in cols[r * positions + start..][..len].iter().enumerate() {
             dx[x_start + i * g.stride] += v;
         }
     });
-    ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.h, g.w]), dx).expect("sizes match")
 }
 
-/// `(O, N·OH·OW)` matrix → `(N, O, OH, OW)` batch (swaps the two outer axes).
-fn channels_first_to_nchw(m: Array2<f32>, g: &Geometry, o: usize) -> ArrayD<f32> {
-    m.into_shape_with_order((o, g.n, g.oh * g.ow))
-        .expect("columns are (n, oy, ox)")
-        .permuted_axes([1, 0, 2])
-        .as_standard_layout()
-        .into_owned()
-        .into_shape_with_order(IxDyn(&[g.n, o, g.oh, g.ow]))
-        .expect("same size")
-}
-
-/// `(N, O, OH, OW)` batch → `(O, N·OH·OW)` matrix.
-fn nchw_to_channels_first(a: &ArrayD<f32>, g: &Geometry, o: usize) -> Array2<f32> {
-    a.to_shape((g.n, o, g.oh * g.ow))
-        .expect("same size")
-        .permuted_axes([1, 0, 2])
-        .as_standard_layout()
-        .into_owned()
-        .into_shape_with_order((o, g.positions()))
-        .expect("same size")
-}
+/// Images per work item of the weight-gradient sum. Fixed (not derived
+/// from the thread count), so the floating-point sum is always taken in
+/// the same order and training is bit-for-bit reproducible.
+const IMAGES_PER_CHUNK: usize = 16;
 
 impl Tensor {
     /// 2-D convolution (strictly: cross-correlation, as in every DL library)
     /// of `self`, shaped `(N, C, H, W)`, with `weight` shaped
     /// `(O, C, KH, KW)` and an optional `bias` of shape `(O,)`. The output
     /// is `(N, O, OH, OW)` with `OH = (H + 2·padding − KH) / stride + 1`.
+    ///
+    /// Per image: im2col gives a `(C·KH·KW, OH·OW)` matrix, and one GEMM with
+    /// the `(O, C·KH·KW)` kernel matrix gives the `(O, OH·OW)` output, which
+    /// is already that image's slice of the `(N, O, OH, OW)` result. Images
+    /// are spread over threads.
     ///
     /// # Panics
     /// On mismatched shapes; the [`Conv2d`](crate::nn::Conv2d) layer checks
@@ -201,43 +192,94 @@ impl Tensor {
         if let Some(b) = bias {
             assert_eq!(b.shape(), [o], "conv2d: bias must have shape [{o}]");
         }
+        let (field, positions) = (g.field(), g.positions());
 
-        let cols = im2col(
-            self.value()
-                .as_standard_layout()
-                .as_slice()
-                .expect("standard layout"),
-            &g,
-        );
-        let mut y = {
+        let mut y = vec![0.0_f32; g.n * o * positions];
+        {
+            let x = self.value();
+            let x = x.as_standard_layout();
+            let x = x.as_slice().expect("standard layout");
             let w = weight.value();
-            let w_mat = w.to_shape((o, g.field())).expect("same size");
-            w_mat.dot(&cols) // (O, N·OH·OW): the whole convolution in one GEMM
-        };
-        if let Some(b) = bias {
-            let b = b.value();
-            for (mut row, &b) in y.outer_iter_mut().zip(b.iter()) {
-                row += b;
-            }
+            let w_mat = w.to_shape((o, field)).expect("same size");
+            let b: Option<Vec<f32>> = bias.map(|b| b.value().iter().copied().collect());
+            y.par_chunks_mut(o * positions).enumerate().for_each_init(
+                || vec![0.0_f32; field * positions],
+                |cols, (i, y_i)| {
+                    im2col(&x[i * g.image_len()..][..g.image_len()], &g, cols);
+                    let cols = ArrayView2::from_shape((field, positions), cols).expect("sizes");
+                    let mut y_i = ArrayViewMut2::from_shape((o, positions), y_i).expect("sizes");
+                    general_mat_mul(1.0, &w_mat, &cols, 0.0, &mut y_i); // Y_i = W · cols_i
+                    if let Some(b) = &b {
+                        for (mut row, &b) in y_i.outer_iter_mut().zip(b) {
+                            row += b;
+                        }
+                    }
+                },
+            );
         }
-        let y = channels_first_to_nchw(y, &g, o);
+        let y = ArrayD::from_shape_vec(IxDyn(&[g.n, o, g.oh, g.ow]), y).expect("sizes");
 
         let mut parents = vec![self, weight];
         parents.extend(bias);
         Tensor::from_op("conv2d", y, &parents, move |ctx| {
-            let g_mat = nchw_to_channels_first(ctx.grad, &g, o); // (O, N·OH·OW)
-            let w_mat = ctx.input(1).to_shape((o, g.field())).expect("same size");
-            // Y = W·cols:  ∂loss/∂cols = Wᵀ·G,  ∂loss/∂W = G·colsᵀ,  ∂loss/∂b = row sums of G
-            let dx = ctx.needs(0).then(|| col2im(&w_mat.t().dot(&g_mat), &g));
+            let x = ctx.input(0).as_standard_layout();
+            let x = x.as_slice().expect("standard layout");
+            let grad = ctx.grad.as_standard_layout();
+            let grad = grad.as_slice().expect("standard layout");
+            let w_mat = ctx.input(1).to_shape((o, field)).expect("same size");
+            let g_image = |i: usize| {
+                ArrayView2::from_shape((o, positions), &grad[i * o * positions..][..o * positions])
+                    .expect("sizes")
+            };
+            // Y_i = W·cols_i:  ∂L/∂cols_i = Wᵀ·G_i,  ∂L/∂W = Σ_i G_i·cols_iᵀ,  ∂L/∂b = Σ rows of G_i
+            let dx = ctx.needs(0).then(|| {
+                let mut dx = vec![0.0_f32; g.n * g.image_len()];
+                dx.par_chunks_mut(g.image_len()).enumerate().for_each_init(
+                    || vec![0.0_f32; field * positions],
+                    |dcols, (i, dx_i)| {
+                        let mut dcols_m =
+                            ArrayViewMut2::from_shape((field, positions), &mut dcols[..])
+                                .expect("sizes");
+                        general_mat_mul(1.0, &w_mat.t(), &g_image(i), 0.0, &mut dcols_m);
+                        col2im(dcols, &g, dx_i);
+                    },
+                );
+                ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.h, g.w]), dx).expect("sizes")
+            });
             let dw = ctx.needs(1).then(|| {
-                g_mat
-                    .dot(&cols.t())
-                    .into_shape_with_order(IxDyn(&[o, g.c, g.kh, g.kw]))
+                // partial sums over fixed chunks of images, added in chunk order
+                let chunks: Vec<Array2<f32>> = (0..g.n.div_ceil(IMAGES_PER_CHUNK))
+                    .into_par_iter()
+                    .map(|chunk| {
+                        let mut dw = Array2::<f32>::zeros((o, field));
+                        let mut cols = vec![0.0_f32; field * positions];
+                        let images =
+                            chunk * IMAGES_PER_CHUNK..((chunk + 1) * IMAGES_PER_CHUNK).min(g.n);
+                        for i in images {
+                            im2col(&x[i * g.image_len()..][..g.image_len()], &g, &mut cols);
+                            let cols = ArrayView2::from_shape((field, positions), &cols[..])
+                                .expect("sizes");
+                            general_mat_mul(1.0, &g_image(i), &cols.t(), 1.0, &mut dw);
+                        }
+                        dw
+                    })
+                    .collect();
+                let mut dw = Array2::<f32>::zeros((o, field));
+                for part in &chunks {
+                    dw += part;
+                }
+                dw.into_shape_with_order(IxDyn(&[o, g.c, g.kh, g.kw]))
                     .expect("same size")
             });
             let mut grads = vec![dx, dw];
             if ctx.inputs.len() == 3 {
-                grads.push(ctx.needs(2).then(|| g_mat.sum_axis(Axis(1)).into_dyn()));
+                grads.push(ctx.needs(2).then(|| {
+                    let mut db = vec![0.0_f32; o];
+                    for (row, d) in grad.chunks_exact(positions).zip((0..o).cycle()) {
+                        db[d] += kernels::sum(row);
+                    }
+                    ArrayD::from_shape_vec(IxDyn(&[o]), db).expect("o values")
+                }));
             }
             grads
         })

@@ -30,8 +30,10 @@
 //! ```
 
 mod conv;
+mod kernels;
 mod loss;
 mod ops;
+pub mod profile;
 
 pub use ops::sum_to_shape;
 
@@ -323,7 +325,9 @@ impl Tensor {
             inputs: &inputs,
             needs_grad: &needs,
         };
+        let started = profile::start();
         let parent_grads = backward(&ctx);
+        profile::record(self.0.op, started);
         assert_eq!(
             parent_grads.len(),
             self.0.parents.len(),

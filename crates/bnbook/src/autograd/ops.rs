@@ -4,8 +4,8 @@
 //! rule for its backward pass, right next to it. Notation in comments: `g` is
 //! ∂loss/∂y for the output `y`, and each rule returns ∂loss/∂x per input `x`.
 
-use super::{BackwardContext, Tensor};
-use ndarray::{ArrayD, Axis, Ix2, IxDyn, Zip};
+use super::{BackwardContext, Tensor, kernels};
+use ndarray::{ArrayD, Ix2, IxDyn};
 use std::ops;
 
 /// Sums `g` down to `shape`, undoing NumPy-style broadcasting.
@@ -18,16 +18,7 @@ pub fn sum_to_shape(g: ArrayD<f32>, shape: &[usize]) -> ArrayD<f32> {
     if g.shape() == shape {
         return g;
     }
-    let mut g = g;
-    while g.ndim() > shape.len() {
-        g = g.sum_axis(Axis(0));
-    }
-    for (axis, &n) in shape.iter().enumerate() {
-        if n == 1 && g.shape()[axis] != 1 {
-            g = g.sum_axis(Axis(axis)).insert_axis(Axis(axis));
-        }
-    }
-    g
+    kernels::reduce_to(&g, shape)
 }
 
 /// The shape two arrays broadcast to, or a panic that names the operation.
@@ -55,23 +46,33 @@ fn zip_broadcast(
     op: &str,
     a: &ArrayD<f32>,
     b: &ArrayD<f32>,
-    f: impl Fn(f32, f32) -> f32,
+    f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> ArrayD<f32> {
     let shape = broadcast_shape(op, a.shape(), b.shape());
-    let av = a.broadcast(IxDyn(&shape)).expect("checked above");
-    let bv = b.broadcast(IxDyn(&shape)).expect("checked above");
-    Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y))
+    kernels::zip_with(a, b, &shape, f)
 }
 
-/// The gradient of input `i` if it needs one: `rule()` summed back to the
-/// input's shape.
-fn grad_for(
+/// The gradient of input `i` (0 = `a`, 1 = `b`) of a broadcasting binary
+/// operation whose local rule is `rule(g, a, b)` per output element, summed
+/// back to the input's shape where it was broadcast. `None` if the input
+/// needs no gradient.
+fn grad_of(
     ctx: &BackwardContext,
     i: usize,
-    rule: impl FnOnce() -> ArrayD<f32>,
+    rule: impl Fn(f32, f32, f32) -> f32 + Sync,
 ) -> Option<ArrayD<f32>> {
-    ctx.needs(i)
-        .then(|| sum_to_shape(rule(), ctx.input(i).shape()))
+    if !ctx.needs(i) {
+        return None;
+    }
+    let (g, a, b) = (ctx.grad, ctx.input(0), ctx.input(1));
+    let shape = ctx.input(i).shape();
+    Some(if shape == g.shape() {
+        // full size: one fused element-wise pass
+        kernels::zip3(g, a, b, rule)
+    } else {
+        // broadcast input: sum the rule over the copies without a temporary
+        kernels::reduce_zip3(g.shape(), [g, a, b], shape, rule)
+    })
 }
 
 impl Tensor {
@@ -85,10 +86,7 @@ impl Tensor {
         let y = zip_broadcast("add", &self.value(), &other.value(), |a, b| a + b);
         // y = a + b:  ∂y/∂a = 1, ∂y/∂b = 1
         Tensor::from_op("add", y, &[self, other], |ctx| {
-            vec![
-                grad_for(ctx, 0, || ctx.grad.clone()),
-                grad_for(ctx, 1, || ctx.grad.clone()),
-            ]
+            vec![grad_of(ctx, 0, |g, _, _| g), grad_of(ctx, 1, |g, _, _| g)]
         })
     }
 
@@ -100,10 +98,7 @@ impl Tensor {
         let y = zip_broadcast("sub", &self.value(), &other.value(), |a, b| a - b);
         // y = a - b:  ∂y/∂a = 1, ∂y/∂b = -1
         Tensor::from_op("sub", y, &[self, other], |ctx| {
-            vec![
-                grad_for(ctx, 0, || ctx.grad.clone()),
-                grad_for(ctx, 1, || -ctx.grad),
-            ]
+            vec![grad_of(ctx, 0, |g, _, _| g), grad_of(ctx, 1, |g, _, _| -g)]
         })
     }
 
@@ -115,10 +110,9 @@ impl Tensor {
         let y = zip_broadcast("mul", &self.value(), &other.value(), |a, b| a * b);
         // y = a·b:  ∂y/∂a = b, ∂y/∂b = a
         Tensor::from_op("mul", y, &[self, other], |ctx| {
-            let (a, b) = (ctx.input(0), ctx.input(1));
             vec![
-                grad_for(ctx, 0, || zip_broadcast("mul", ctx.grad, b, |g, b| g * b)),
-                grad_for(ctx, 1, || zip_broadcast("mul", ctx.grad, a, |g, a| g * a)),
+                grad_of(ctx, 0, |g, _, b| g * b),
+                grad_of(ctx, 1, |g, a, _| g * a),
             ]
         })
     }
@@ -129,15 +123,11 @@ impl Tensor {
     /// If the shapes cannot be broadcast together.
     pub fn div(&self, other: &Tensor) -> Tensor {
         let y = zip_broadcast("div", &self.value(), &other.value(), |a, b| a / b);
-        // y = a / b:  ∂y/∂a = 1/b, ∂y/∂b = -a/b² = -y/b
+        // y = a / b:  ∂y/∂a = 1/b, ∂y/∂b = -a/b²
         Tensor::from_op("div", y, &[self, other], |ctx| {
-            let b = ctx.input(1);
             vec![
-                grad_for(ctx, 0, || zip_broadcast("div", ctx.grad, b, |g, b| g / b)),
-                grad_for(ctx, 1, || {
-                    let gy = ctx.grad * ctx.output; // same shape, no broadcasting
-                    zip_broadcast("div", &gy, b, |gy, b| -gy / b)
-                }),
+                grad_of(ctx, 0, |g, _, b| g / b),
+                grad_of(ctx, 1, |g, a, b| -g * a / (b * b)),
             ]
         })
     }
@@ -149,16 +139,12 @@ impl Tensor {
     fn unary(
         &self,
         op: &'static str,
-        f: impl Fn(f32) -> f32,
-        df: impl Fn(f32, f32) -> f32 + 'static,
+        f: impl Fn(f32) -> f32 + Sync,
+        df: impl Fn(f32, f32) -> f32 + Sync + 'static,
     ) -> Tensor {
-        let y = self.value().mapv(f);
+        let y = kernels::map(&self.value(), f);
         Tensor::from_op(op, y, &[self], move |ctx| {
-            let mut dx = ctx.grad.clone();
-            Zip::from(&mut dx)
-                .and(ctx.input(0))
-                .and(ctx.output)
-                .for_each(|g, &x, &y| *g *= df(x, y));
+            let dx = kernels::unary_backward(ctx.grad, ctx.input(0), ctx.output, &df);
             vec![Some(dx)]
         })
     }
@@ -170,7 +156,7 @@ impl Tensor {
 
     /// `eˣ`; its derivative is the output itself.
     pub fn exp(&self) -> Tensor {
-        self.unary("exp", f32::exp, |_, y| y)
+        self.unary("exp", kernels::exp, |_, y| y)
     }
 
     /// Natural logarithm; derivative `1/x`.
@@ -192,7 +178,7 @@ impl Tensor {
     pub fn sigmoid(&self) -> Tensor {
         self.unary(
             "sigmoid",
-            |x| 1.0 / (1.0 + (-x).exp()),
+            |x| 1.0 / (1.0 + kernels::exp(-x)),
             |_, y| y * (1.0 - y),
         )
     }
@@ -235,30 +221,27 @@ impl Tensor {
                 "sum: axis {a} out of range for shape {in_shape:?}"
             );
         }
-        let mut y = {
-            let x = self.value();
-            let mut axes = sorted.iter().rev();
-            match axes.next() {
-                None => x.clone(),
-                Some(&first) => axes.fold(x.sum_axis(Axis(first)), |y, &a| y.sum_axis(Axis(a))),
-            }
-        };
         // The shape with summed axes kept as 1: the gradient broadcasts from it.
         let kept: Vec<usize> = (0..in_shape.len())
             .map(|i| if sorted.contains(&i) { 1 } else { in_shape[i] })
             .collect();
-        if keepdims {
-            y = y.into_shape_with_order(IxDyn(&kept)).expect("same size");
+        let mut y = kernels::reduce_to(&self.value(), &kept);
+        if !keepdims {
+            let out: Vec<usize> = (0..in_shape.len())
+                .filter(|i| !sorted.contains(i))
+                .map(|i| in_shape[i])
+                .collect();
+            y = y.into_shape_with_order(IxDyn(&out)).expect("same size");
         }
         // y = Σ x over axes:  every x contributes with weight 1, so ∂loss/∂x is
         // g copied (broadcast) back over the summed axes.
         Tensor::from_op("sum", y, &[self], move |ctx| {
-            let g = ctx.grad.to_shape(IxDyn(&kept)).expect("same size");
-            let dx = g
-                .broadcast(IxDyn(&in_shape))
-                .expect("kept dims are 1")
-                .to_owned();
-            vec![Some(dx)]
+            let g = ctx
+                .grad
+                .to_shape(IxDyn(&kept))
+                .expect("same size")
+                .into_owned();
+            vec![Some(kernels::broadcast_to(&g, &in_shape))]
         })
     }
 

@@ -12,12 +12,14 @@ use super::{DataError, Split};
 ///
 /// **Batch normalization and small last batches.** In training mode a
 /// batch-norm layer normalizes with the statistics of the current batch. A
-/// batch of one example has variance 0, so every normalized value becomes 0
-/// (and the running variance is updated with a meaningless value); a batch of
-/// two or three gives very noisy statistics. [`LastBatch::Keep`] yields such
-/// a batch if the numbers happen to produce one; training code that uses
-/// batch norm should prefer [`LastBatch::DropIfSmallerThan`] (e.g. `2`, or
-/// half the batch size) or [`LastBatch::Drop`].
+/// fully connected layer given a batch of one example would see variance 0
+/// and turn every value into 0, so this crate's batch-norm layers refuse such
+/// a batch in training with an error (as PyTorch does); a batch of two or
+/// three gives very noisy statistics. [`LastBatch::Keep`] yields such a batch
+/// if the numbers happen to produce one; training code that uses batch norm
+/// should prefer [`LastBatch::DropIfSmallerThan`] (e.g. `2`, or half the
+/// batch size) or [`LastBatch::Drop`]. [`crate::train::train`] uses
+/// `DropIfSmallerThan(2)`, which keeps d2l's final batch of 96.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LastBatch {
     /// Yield the last batch even if it is smaller, even if it has a single

@@ -115,16 +115,12 @@ pub fn is_gz_path(path: &Path) -> bool {
 /// [`DataError::Io`] if the file cannot be read, [`DataError::CorruptGzip`]
 /// if `gzip` is true and the content is not valid gzip.
 pub fn read_decompressed(path: &Path, gzip: bool) -> Result<Vec<u8>, DataError> {
-    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     if !gzip {
-        let mut bytes = Vec::new();
-        BufReader::new(file)
-            .read_to_end(&mut bytes)
-            .map_err(|e| DataError::io(path, e))?;
-        return Ok(bytes);
+        return std::fs::read(path).map_err(|e| DataError::io(path, e));
     }
-    // A large input buffer makes the decoder noticeably faster than the
-    // default 8 KiB one.
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    // Read the compressed file in 1 MiB chunks: fewer system calls than
+    // with the default 8 KiB buffer.
     let reader = BufReader::with_capacity(1 << 20, file);
     let mut bytes = Vec::new();
     MultiGzDecoder::new(reader)

@@ -173,11 +173,8 @@ pub(crate) struct DataFiles {
 impl DataFiles {
     /// The path of one of the four files.
     pub(crate) fn path(&self, kind: FileKind) -> &Path {
-        let index = FileKind::ALL
-            .iter()
-            .position(|&k| k == kind)
-            .expect("ALL lists every kind");
-        &self.paths[index]
+        // `FileKind::ALL` lists the kinds in declaration order.
+        &self.paths[kind as usize]
     }
 }
 
@@ -194,27 +191,24 @@ pub(crate) fn find_file(dir: &Path, kind: FileKind) -> Option<PathBuf> {
 
 /// Looks for all four files in `dir`. On failure, reports what is missing.
 pub(crate) fn examine_dir(place: &SearchDir) -> Result<DataFiles, SearchedDir> {
-    let found: Vec<Option<PathBuf>> = FileKind::ALL
-        .iter()
-        .map(|&kind| find_file(&place.dir, kind))
-        .collect();
-    let missing: Vec<&'static str> = FileKind::ALL
-        .iter()
-        .zip(&found)
-        .filter(|(_, path)| path.is_none())
-        .map(|(kind, _)| kind.file_name())
-        .collect();
-    if missing.is_empty() {
-        let paths: Vec<PathBuf> = found.into_iter().flatten().collect();
-        let paths: [PathBuf; 4] = paths.try_into().expect("four files were found");
-        return Ok(DataFiles { paths });
+    let mut found = Vec::with_capacity(FileKind::ALL.len());
+    let mut missing = Vec::new();
+    for kind in FileKind::ALL {
+        match find_file(&place.dir, kind) {
+            Some(path) => found.push(path),
+            None => missing.push(kind.file_name()),
+        }
     }
-    Err(SearchedDir {
-        dir: place.dir.clone(),
-        origin: place.origin.clone(),
-        exists: place.dir.is_dir(),
-        missing,
-    })
+    // Exactly four paths means nothing is missing.
+    match <[PathBuf; 4]>::try_from(found) {
+        Ok(paths) => Ok(DataFiles { paths }),
+        Err(_) => Err(SearchedDir {
+            dir: place.dir.clone(),
+            origin: place.origin.clone(),
+            exists: place.dir.is_dir(),
+            missing,
+        }),
+    }
 }
 
 /// Searches the directories of `options` in order and returns the files of

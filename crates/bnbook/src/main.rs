@@ -1,0 +1,204 @@
+//! `bnbook`: train and time the book's models from the command line.
+//!
+//! ```text
+//! bnbook train --model lenet-bn --epochs 10 --seed 0 --json out.json --svg curves.svg
+//! bnbook bench --model lenet-bn
+//! ```
+
+use bnbook::data::{FashionMnist, LoadOptions};
+use bnbook::models::ModelKind;
+use bnbook::train::{EpochRecord, TrainConfig, train_model};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Keep freed memory instead of handing it back to the OS after 10 ms:
+/// every training step frees and reallocates the same large buffers, and
+/// getting them back from the OS costs a page fault and a page clear each.
+/// (`mi_option_purge_delay` is entry 15 of mimalloc's `mi_option_t` in both
+/// its v2 and v3 headers.)
+fn keep_freed_memory() {
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: setting an option is allowed at any time; -1 means "never purge".
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
+/// Batch normalization, from scratch in Rust: train and time the models of
+/// the book on Fashion-MNIST.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model on Fashion-MNIST and report loss and accuracy per epoch.
+    Train(TrainArgs),
+    /// Time training steps and evaluation passes of a model.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// Which network: lenet-bn (scratch BN), lenet-bn-concise (fused BN),
+    /// lenet (no BN), lenet-bn-maxpool.
+    #[arg(long, default_value = "lenet-bn")]
+    model: ModelKind,
+    /// Threads for matrix products and element-wise loops [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Learning rate [default: the model's d2l value, 1.0 with BN, 0.9 without].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Seed of the initial weights and of the shuffling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use only the first N training and test examples (quick runs).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Directory with the four Fashion-MNIST files (searched first).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Never download the data (same as BNBOOK_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
+    /// Write the history (settings and per-epoch metrics) as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw loss and accuracies against the epoch as an SVG figure.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Timed batches (after 5 warm-up batches).
+    #[arg(long, default_value_t = 30)]
+    batches: usize,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    keep_freed_memory();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn set_threads(threads: Option<usize>) -> Result<(), String> {
+    let Some(n) = threads else { return Ok(()) };
+    if n == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    // SAFETY: called before any other thread exists; matrixmultiply reads
+    // the variable when it first multiplies.
+    unsafe { std::env::set_var("MATMUL_NUM_THREADS", n.to_string()) };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| format!("cannot set up {n} threads: {e}"))
+}
+
+fn write_json(path: &PathBuf, value: &impl serde::Serialize) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Train(args) => train(args),
+        Command::Bench(args) => {
+            set_threads(args.common.threads)?;
+            let report =
+                bnbook::bench::bench(args.common.model, args.common.batch_size, args.batches)
+                    .map_err(|e| e.to_string())?;
+            println!("{report}");
+            if let Some(path) = &args.json {
+                write_json(path, &report)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn train(args: TrainArgs) -> Result<(), String> {
+    set_threads(args.common.threads)?;
+    let model = args.common.model;
+    let mut options = LoadOptions::default();
+    if let Some(dir) = &args.data_dir {
+        options = options.with_dir(dir);
+    }
+    if args.offline {
+        options.allow_download = false;
+    }
+    options.show_progress = !args.quiet;
+    let data = FashionMnist::load(&options).map_err(|e| e.to_string())?;
+    let config = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.common.batch_size,
+        lr: args.lr.unwrap_or(model.default_lr()),
+        seed: args.seed,
+        limit: args.limit,
+        progress: !args.quiet,
+    };
+    println!(
+        "training {model} for {} epochs: lr {}, batch {}, seed {}, {} training / {} test examples",
+        config.epochs,
+        config.lr,
+        config.batch_size,
+        config.seed,
+        config
+            .limit
+            .map_or(data.train.len(), |n| n.min(data.train.len())),
+        config
+            .limit
+            .map_or(data.test.len(), |n| n.min(data.test.len())),
+    );
+    let print_epoch = |r: &EpochRecord| {
+        println!(
+            "epoch {:>3}: loss {:.3}, train acc {:.3}, test acc {:.3}, {:.0} examples/sec",
+            r.epoch, r.loss, r.train_acc, r.test_acc, r.examples_per_sec
+        );
+    };
+    let (_net, history) =
+        train_model(model, &data, &config, print_epoch).map_err(|e| e.to_string())?;
+    println!("{}", history.summary());
+    if let Some(path) = &args.json {
+        write_json(path, &history)?;
+    }
+    if let Some(path) = &args.svg {
+        bnbook::plot::training_curves(&history)
+            .and_then(|svg| svg.save(path))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

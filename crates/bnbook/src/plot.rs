@@ -1,0 +1,158 @@
+//! SVG figures, drawn with `plotters` (no fonts or system libraries needed:
+//! text is written as SVG `<text>` elements).
+//!
+//! [`Svg`] shows itself inline in an evcxr Jupyter notebook.
+
+use crate::error::{Error, Result};
+use crate::train::History;
+use plotters::prelude::*;
+
+/// An SVG document. In a notebook, evaluating an `Svg` displays the figure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Svg(pub String);
+
+impl Svg {
+    /// The SVG text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Writes the figure to `path`.
+    ///
+    /// # Errors
+    /// If the file cannot be written.
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        std::fs::write(path, &self.0)
+            .map_err(|e| Error::InvalidArgument(format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// evcxr's display hook: prints the SVG as rich output.
+    pub fn evcxr_display(&self) {
+        println!(
+            "EVCXR_BEGIN_CONTENT image/svg+xml\n{}\nEVCXR_END_CONTENT",
+            self.0
+        );
+    }
+}
+
+fn plot_error(e: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("drawing the figure failed: {e}"))
+}
+
+/// One named series of `(x, y)` points.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend label.
+    pub label: String,
+    /// The points, in drawing order.
+    pub points: Vec<(f64, f64)>,
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// A line chart of several series with a legend, `width × height` pixels.
+///
+/// # Errors
+/// If there is nothing to draw.
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+    (width, height): (u32, u32),
+) -> Result<Svg> {
+    let all = || series.iter().flat_map(|s| s.points.iter());
+    if all().next().is_none() {
+        return Err(Error::InvalidArgument(
+            "line_chart: no points to draw".into(),
+        ));
+    }
+    let (x_min, x_max) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+        (a.min(p.0), b.max(p.0))
+    });
+    let (y_min, y_max) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+        (a.min(p.1), b.max(p.1))
+    });
+    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    let x_range = if x_max > x_min {
+        x_min..x_max
+    } else {
+        x_min - 0.5..x_max + 0.5
+    };
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(40)
+            .build_cartesian_2d(x_range, (y_min - pad)..(y_max + pad))
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(plot_error)?;
+        for (i, s) in series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(plot_error)?
+                .label(s.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(Svg(out))
+}
+
+/// d2l's training figure: train loss, train accuracy and test accuracy
+/// against the epoch.
+///
+/// # Errors
+/// If the history has no epochs.
+pub fn training_curves(history: &History) -> Result<Svg> {
+    let series = |label: &str, f: fn(&crate::train::EpochRecord) -> f64| Series {
+        label: label.to_string(),
+        points: history
+            .history
+            .iter()
+            .map(|r| (r.epoch as f64, f(r)))
+            .collect(),
+    };
+    line_chart(
+        &format!(
+            "{} (lr {}, batch {}, seed {})",
+            history.model, history.lr, history.batch_size, history.seed
+        ),
+        "epoch",
+        &[
+            series("train loss", |r| r.loss),
+            series("train acc", |r| r.train_acc),
+            series("test acc", |r| r.test_acc),
+        ],
+        (480, 320),
+    )
+}
