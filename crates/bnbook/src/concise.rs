@@ -31,6 +31,7 @@ use crate::autograd::Tensor;
 use crate::error::{Error, Result};
 use crate::nn::{BatchNormLayer, Mode, Module};
 use ndarray::{ArrayD, IxDyn};
+use rayon::prelude::*;
 
 /// How the running statistics follow the batch statistics.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -116,22 +117,72 @@ fn channel_layout(shape: &[usize]) -> (usize, usize, usize) {
     (shape[0], shape[1], s)
 }
 
+/// Images per work item of a per-channel sum: fixed, so that the sums are
+/// always added in the same order (reproducible to the last bit).
+const IMAGES_PER_GROUP: usize = 16;
+
+/// Per channel, the sums of `f(channel, block)` over the `n · c` blocks of
+/// a `(N, C, S)` layout (block `i` is image `i / c`, channel `i % c`). Two
+/// sums are taken at once. Groups of images run in parallel.
+fn channel_sums(
+    n: usize,
+    c: usize,
+    f: impl Fn(usize, usize) -> (f64, f64) + Sync,
+) -> (Vec<f64>, Vec<f64>) {
+    let partials: Vec<Vec<(f64, f64)>> = (0..n.div_ceil(IMAGES_PER_GROUP))
+        .into_par_iter()
+        .map(|group| {
+            let mut partial = vec![(0.0, 0.0); c];
+            let images = group * IMAGES_PER_GROUP..((group + 1) * IMAGES_PER_GROUP).min(n);
+            for block in images.start * c..images.end * c {
+                let (a, b) = f(block % c, block);
+                partial[block % c].0 += a;
+                partial[block % c].1 += b;
+            }
+            partial
+        })
+        .collect();
+    let (mut first, mut second) = (vec![0.0; c], vec![0.0; c]);
+    for partial in partials {
+        for (ch, (a, b)) in partial.into_iter().enumerate() {
+            first[ch] += a;
+            second[ch] += b;
+        }
+    }
+    (first, second)
+}
+
+/// Calls `f(channel, block_values)` on every length-`s` block of `out`, in
+/// parallel.
+fn for_each_block(
+    out: &mut [f32],
+    s: usize,
+    c: usize,
+    f: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    out.par_chunks_mut(s)
+        .enumerate()
+        .for_each(|(i, block)| f(i % c, i, block));
+}
+
+/// Sum of a block of `f32` values, accumulated in `f64`.
+fn block_sum(values: impl Iterator<Item = f32>) -> f64 {
+    values.map(f64::from).sum()
+}
+
 /// Per-channel mean and biased variance (two passes, `f64` accumulators).
 fn channel_moments(x: &[f32], (n, c, s): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
     let m = (n * s) as f64;
-    let mut sum = vec![0.0_f64; c];
-    for (i, block) in x.chunks_exact(s).enumerate() {
-        sum[i % c] += block.iter().map(|&v| f64::from(v)).sum::<f64>();
-    }
+    let block = |i: usize| &x[i * s..][..s];
+    let (sum, _) = channel_sums(n, c, |_, i| (block_sum(block(i).iter().copied()), 0.0));
     let mean: Vec<f64> = sum.iter().map(|v| v / m).collect();
-    let mut sq = vec![0.0_f64; c];
-    for (i, block) in x.chunks_exact(s).enumerate() {
-        let mu = mean[i % c];
-        sq[i % c] += block
-            .iter()
-            .map(|&v| (f64::from(v) - mu).powi(2))
-            .sum::<f64>();
-    }
+    let (sq, _) = channel_sums(n, c, |ch, i| {
+        let mu = mean[ch];
+        (
+            block(i).iter().map(|&v| (f64::from(v) - mu).powi(2)).sum(),
+            0.0,
+        )
+    });
     (
         mean.iter().map(|&v| v as f32).collect(),
         sq.iter().map(|v| (v / m) as f32).collect(),
@@ -166,12 +217,15 @@ pub fn batch_norm_fused(
     };
     // forward: y = γ·(x − μ)·inv_std + β, as one multiply-add per value
     let mut y = x.value().as_standard_layout().into_owned();
-    let ys = y.as_slice_mut().expect("standard layout");
-    for (i, block) in ys.chunks_exact_mut(s).enumerate() {
-        let ch = i % c;
-        let (a, b) = (scale[ch], shift[ch] - scale[ch] * mean[ch]);
-        block.iter_mut().for_each(|v| *v = a * *v + b);
-    }
+    for_each_block(
+        y.as_slice_mut().expect("standard layout"),
+        s,
+        c,
+        |ch, _, block| {
+            let (a, b) = (scale[ch], shift[ch] - scale[ch] * mean[ch]);
+            block.iter_mut().for_each(|v| *v = a * *v + b);
+        },
+    );
 
     let mut parents = vec![x];
     parents.extend(gamma);
@@ -182,46 +236,42 @@ pub fn batch_norm_fused(
         let x = x.as_slice().expect("standard layout");
         let g = ctx.grad.as_standard_layout();
         let g = g.as_slice().expect("standard layout");
+        let blocks = |i: usize| (&x[i * s..][..s], &g[i * s..][..s]); // (x, g) of block i
         // per channel: Σ g and Σ g·x̂
-        let (mut sum_g, mut sum_gx) = (vec![0.0_f64; c], vec![0.0_f64; c]);
-        for (i, (xb, gb)) in x.chunks_exact(s).zip(g.chunks_exact(s)).enumerate() {
-            let ch = i % c;
+        let (sum_g, sum_gx) = channel_sums(n, c, |ch, i| {
             let (mu, inv) = (mean[ch], inv_std[ch]);
-            let (sg, sgx) = xb
+            let (xb, gb) = blocks(i);
+            let sg = xb.iter().zip(gb).fold(0.0_f32, |a, (_, &gv)| a + gv);
+            let sgx = xb
                 .iter()
                 .zip(gb)
-                .fold((0.0_f32, 0.0_f32), |(a, b), (&xv, &gv)| {
-                    (a + gv, b + gv * (xv - mu) * inv)
-                });
-            sum_g[ch] += f64::from(sg);
-            sum_gx[ch] += f64::from(sgx);
-        }
-        let needs_x = ctx.needs(0);
-        let dx = needs_x.then(|| {
+                .fold(0.0_f32, |a, (&xv, &gv)| a + gv * (xv - mu) * inv);
+            (f64::from(sg), f64::from(sgx))
+        });
+        let dx = ctx.needs(0).then(|| {
             let m = (n * s) as f32;
             let mut dx = ArrayD::<f32>::zeros(IxDyn(&shape));
-            let d = dx.as_slice_mut().expect("fresh array");
-            for (i, ((db, xb), gb)) in d
-                .chunks_exact_mut(s)
-                .zip(x.chunks_exact(s))
-                .zip(g.chunks_exact(s))
-                .enumerate()
-            {
-                let ch = i % c;
-                let (mu, inv, k) = (mean[ch], inv_std[ch], scale[ch]);
-                if batch_statistics {
-                    // ∂L/∂x = γ·inv/m · (m·g − Σg − x̂·Σg·x̂)
-                    let (sg, sgx) = ((sum_g[ch] as f32) / m, (sum_gx[ch] as f32) / m);
-                    for ((d, &xv), &gv) in db.iter_mut().zip(xb).zip(gb) {
-                        *d = k * (gv - sg - (xv - mu) * inv * sgx);
+            for_each_block(
+                dx.as_slice_mut().expect("fresh array"),
+                s,
+                c,
+                |ch, i, db| {
+                    let (mu, inv, k) = (mean[ch], inv_std[ch], scale[ch]);
+                    let (xb, gb) = blocks(i);
+                    if batch_statistics {
+                        // ∂L/∂x = γ·inv/m · (m·g − Σg − x̂·Σg·x̂)
+                        let (sg, sgx) = ((sum_g[ch] as f32) / m, (sum_gx[ch] as f32) / m);
+                        for ((d, &xv), &gv) in db.iter_mut().zip(xb).zip(gb) {
+                            *d = k * (gv - sg - (xv - mu) * inv * sgx);
+                        }
+                    } else {
+                        // statistics are constants: ∂L/∂x = γ·inv·g
+                        for (d, &gv) in db.iter_mut().zip(gb) {
+                            *d = k * gv;
+                        }
                     }
-                } else {
-                    // statistics are constants: ∂L/∂x = γ·inv·g
-                    for (d, &gv) in db.iter_mut().zip(gb) {
-                        *d = k * gv;
-                    }
-                }
-            }
+                },
+            );
             dx
         });
         let to_array = |v: &[f64]| {

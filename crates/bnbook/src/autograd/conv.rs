@@ -293,20 +293,29 @@ impl Tensor {
     pub fn avg_pool2d(&self, kernel: usize, stride: usize) -> Tensor {
         let g = Geometry::new("avg_pool2d", &self.shape(), kernel, kernel, stride, 0);
         let area = (kernel * kernel) as f32;
+        let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
         let y = {
             let x = self.value();
             let x = x.as_standard_layout();
             let x = x.as_slice().expect("standard layout");
-            let mut y = vec![0.0; g.n * g.c * g.oh * g.ow];
-            pool_windows(&g, |out, i| y[out] += x[i] / area);
+            let mut y = vec![0.0; g.n * g.c * plane_out];
+            // one image plane per task: planes never share windows
+            y.par_chunks_mut(plane_out).enumerate().for_each(|(p, y)| {
+                let x = &x[p * plane_in..][..plane_in];
+                plane_windows(&g, |out, i| y[out] += x[i]);
+                y.iter_mut().for_each(|v| *v /= area);
+            });
             ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.oh, g.ow]), y).expect("sizes match")
         };
         // Each input in a window contributed 1/area of the window's output.
         Tensor::from_op("avg_pool2d", y, &[self], move |ctx| {
             let gy = ctx.grad.as_standard_layout();
             let gy = gy.as_slice().expect("standard layout");
-            let mut dx = vec![0.0; g.n * g.c * g.h * g.w];
-            pool_windows(&g, |out, i| dx[i] += gy[out] / area);
+            let mut dx = vec![0.0; g.n * g.c * plane_in];
+            dx.par_chunks_mut(plane_in).enumerate().for_each(|(p, dx)| {
+                let gy = &gy[p * plane_out..][..plane_out];
+                plane_windows(&g, |out, i| dx[i] += gy[out] / area);
+            });
             vec![Some(
                 ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.h, g.w]), dx).expect("sizes match"),
             )]
@@ -322,20 +331,28 @@ impl Tensor {
     /// If the input is not 4-D or the window does not fit.
     pub fn max_pool2d(&self, kernel: usize, stride: usize) -> Tensor {
         let g = Geometry::new("max_pool2d", &self.shape(), kernel, kernel, stride, 0);
-        let outputs = g.n * g.c * g.oh * g.ow;
+        let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+        let outputs = g.n * g.c * plane_out;
         let (y, argmax) = {
             let x = self.value();
             let x = x.as_standard_layout();
             let x = x.as_slice().expect("standard layout");
             let mut y = vec![f32::NEG_INFINITY; outputs];
+            // position of each window's maximum within its plane
             let mut argmax = vec![usize::MAX; outputs];
-            pool_windows(&g, |out, i| {
-                // strict `>`: a later equal value does not replace the first maximum
-                if x[i] > y[out] || argmax[out] == usize::MAX {
-                    y[out] = x[i];
-                    argmax[out] = i;
-                }
-            });
+            y.par_chunks_mut(plane_out)
+                .zip(argmax.par_chunks_mut(plane_out))
+                .enumerate()
+                .for_each(|(p, (y, argmax))| {
+                    let x = &x[p * plane_in..][..plane_in];
+                    plane_windows(&g, |out, i| {
+                        // strict `>`: a later equal value does not replace the first maximum
+                        if x[i] > y[out] || argmax[out] == usize::MAX {
+                            y[out] = x[i];
+                            argmax[out] = i;
+                        }
+                    });
+                });
             (
                 ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.oh, g.ow]), y).expect("sizes match"),
                 argmax,
@@ -343,28 +360,32 @@ impl Tensor {
         };
         // Only the winning input of each window influenced the output.
         Tensor::from_op("max_pool2d", y, &[self], move |ctx| {
-            let mut dx = ArrayD::zeros(IxDyn(&[g.n, g.c, g.h, g.w]));
-            let d = dx.as_slice_mut().expect("fresh array");
-            for (gy, &i) in ctx.grad.iter().zip(&argmax) {
-                d[i] += gy;
-            }
-            vec![Some(dx)]
+            let gy = ctx.grad.as_standard_layout();
+            let gy = gy.as_slice().expect("standard layout");
+            let mut dx = vec![0.0; g.n * g.c * plane_in];
+            dx.par_chunks_mut(plane_in).enumerate().for_each(|(p, dx)| {
+                let range = p * plane_out..(p + 1) * plane_out;
+                for (&g, &i) in gy[range.clone()].iter().zip(&argmax[range]) {
+                    dx[i] += g;
+                }
+            });
+            vec![Some(
+                ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.h, g.w]), dx).expect("sizes match"),
+            )]
         })
     }
 }
 
-/// Calls `f(output_index, input_index)` for every input of every pooling
-/// window (row-major order inside each window).
-fn pool_windows(g: &Geometry, mut f: impl FnMut(usize, usize)) {
-    for plane in 0..g.n * g.c {
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let out = (plane * g.oh + oy) * g.ow + ox;
-                for ky in 0..g.kh {
-                    let row = (plane * g.h + oy * g.stride + ky) * g.w;
-                    for kx in 0..g.kw {
-                        f(out, row + ox * g.stride + kx);
-                    }
+/// Calls `f(output_index, input_index)`, both within one image plane, for
+/// every input of every pooling window (row-major order inside each window).
+fn plane_windows(g: &Geometry, mut f: impl FnMut(usize, usize)) {
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let out = oy * g.ow + ox;
+            for ky in 0..g.kh {
+                let row = (oy * g.stride + ky) * g.w;
+                for kx in 0..g.kw {
+                    f(out, row + ox * g.stride + kx);
                 }
             }
         }

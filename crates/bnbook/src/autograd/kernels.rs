@@ -12,6 +12,7 @@
 
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Outputs with fewer elements than this are computed on one thread.
 const PARALLEL_THRESHOLD: usize = 1 << 15;
@@ -119,6 +120,37 @@ fn contiguous(a: &ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
+/// A vector of `len` values produced chunk by chunk: `fill(index, chunk)`
+/// must write every element of the chunk it is given (chunks of `chunk`
+/// elements; the last may be shorter). Writing into fresh capacity skips
+/// the zero-filling pass that `vec![0.0; len]` would spend on memory about
+/// to be overwritten anyway.
+fn build(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    let spare = &mut v.spare_capacity_mut()[..len];
+    if chunk > 0 {
+        if len >= PARALLEL_THRESHOLD {
+            spare
+                .par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, c)| fill(i, c));
+        } else {
+            spare
+                .chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, c)| fill(i, c));
+        }
+    }
+    // SAFETY: every caller's `fill` writes each element of its chunk, and the
+    // chunks cover `0..len` (len is 0 when chunk is 0).
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// `f(a, b)` with NumPy broadcasting into an array of shape `out`.
 pub(super) fn zip_with(
     a: &ArrayD<f32>,
@@ -130,10 +162,9 @@ pub(super) fn zip_with(
     let (xs, ys) = (contiguous(a), contiguous(b));
     let (xs, ys) = (&*xs, &*ys);
     let len: usize = out.iter().product();
-    let mut result = vec![0.0_f32; len];
     let (ca, cb) = (plan.operands[0].contiguous, plan.operands[1].contiguous);
     let block = plan.block;
-    let run = |index: usize, dst: &mut [f32]| {
+    let result = build(len, block, |index, dst| {
         let (oa, ob) = (plan.offset(0, index), plan.offset(1, index));
         match (ca, cb) {
             (true, true) => {
@@ -142,58 +173,41 @@ pub(super) fn zip_with(
                     .zip(&xs[oa..oa + block])
                     .zip(&ys[ob..ob + block])
                 {
-                    *d = f(x, y);
+                    d.write(f(x, y));
                 }
             }
             (true, false) => {
                 let y = ys[ob];
                 for (d, &x) in dst.iter_mut().zip(&xs[oa..oa + block]) {
-                    *d = f(x, y);
+                    d.write(f(x, y));
                 }
             }
             (false, true) => {
                 let x = xs[oa];
                 for (d, &y) in dst.iter_mut().zip(&ys[ob..ob + block]) {
-                    *d = f(x, y);
+                    d.write(f(x, y));
                 }
             }
-            (false, false) => dst.fill(f(xs[oa], ys[ob])),
+            (false, false) => {
+                let v = f(xs[oa], ys[ob]);
+                dst.iter_mut().for_each(|d| {
+                    d.write(v);
+                });
+            }
         }
-    };
-    if block > 0 {
-        if len >= PARALLEL_THRESHOLD {
-            result
-                .par_chunks_mut(block)
-                .enumerate()
-                .for_each(|(i, dst)| run(i, dst));
-        } else {
-            result
-                .chunks_mut(block)
-                .enumerate()
-                .for_each(|(i, dst)| run(i, dst));
-        }
-    }
+    });
     ArrayD::from_shape_vec(IxDyn(out), result).expect("sizes match")
 }
 
 /// `f(x)` element-wise (a single operand, any layout).
 pub(super) fn map(a: &ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync) -> ArrayD<f32> {
     let xs = contiguous(a);
-    let mut result = vec![0.0_f32; xs.len()];
     let chunk = PARALLEL_THRESHOLD;
-    let run = |(dst, src): (&mut [f32], &[f32])| {
-        for (d, &x) in dst.iter_mut().zip(src) {
-            *d = f(x);
+    let result = build(xs.len(), chunk, |index, dst| {
+        for (d, &x) in dst.iter_mut().zip(&xs[index * chunk..]) {
+            d.write(f(x));
         }
-    };
-    if xs.len() >= PARALLEL_THRESHOLD {
-        result
-            .par_chunks_mut(chunk)
-            .zip(xs.par_chunks(chunk))
-            .for_each(run);
-    } else {
-        run((&mut result, &xs));
-    }
+    });
     ArrayD::from_shape_vec(a.raw_dim(), result).expect("sizes match")
 }
 
@@ -207,47 +221,33 @@ pub(super) fn unary_backward(
 ) -> ArrayD<f32> {
     let (gs, xs, ys) = (contiguous(g), contiguous(x), contiguous(y));
     let (gs, xs, ys) = (&*gs, &*xs, &*ys);
-    let mut result = vec![0.0_f32; gs.len()];
     let chunk = PARALLEL_THRESHOLD;
-    let run = |index: usize, dst: &mut [f32]| {
+    let result = build(gs.len(), chunk, |index, dst| {
         let start = index * chunk;
         let (gs, xs, ys) = (&gs[start..], &xs[start..], &ys[start..]);
         for (i, d) in dst.iter_mut().enumerate() {
-            *d = gs[i] * df(xs[i], ys[i]);
+            d.write(gs[i] * df(xs[i], ys[i]));
         }
-    };
-    if gs.len() >= PARALLEL_THRESHOLD {
-        result
-            .par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, d)| run(i, d));
-    } else {
-        run(0, &mut result);
-    }
+    });
     ArrayD::from_shape_vec(g.raw_dim(), result).expect("sizes match")
 }
 
 /// Sums `g` down to `shape` (the reverse of broadcasting `shape` up to
 /// `g`'s shape).
 pub(super) fn reduce_to(g: &ArrayD<f32>, shape: &[usize]) -> ArrayD<f32> {
-    let plan = Plan::new(g.shape(), &[shape]);
-    let gs = contiguous(g);
-    let mut out = vec![0.0_f32; shape.iter().product()];
-    let block = plan.block;
-    if block > 0 {
-        let contiguous_target = plan.operands[0].contiguous;
-        for (i, src) in gs.chunks(block).enumerate() {
-            let o = plan.offset(0, i);
-            if contiguous_target {
-                for (d, &v) in out[o..o + block].iter_mut().zip(src) {
-                    *d += v;
-                }
-            } else {
-                out[o] += sum(src);
-            }
+    reduce_zip3(g.shape(), [g, g, g], shape, |x, _, _| x)
+}
+
+/// `acc += g` for two arrays of the same shape (gradient accumulation).
+pub(super) fn add_assign(acc: &mut ArrayD<f32>, g: &ArrayD<f32>) {
+    match (acc.as_slice_mut(), g.as_slice()) {
+        (Some(acc), Some(g)) if acc.len() >= PARALLEL_THRESHOLD => {
+            acc.par_chunks_mut(PARALLEL_THRESHOLD)
+                .zip(g.par_chunks(PARALLEL_THRESHOLD))
+                .for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, g)| *a += g));
         }
+        _ => *acc += g,
     }
-    ArrayD::from_shape_vec(IxDyn(shape), out).expect("sizes match")
 }
 
 /// Copies `a` broadcast to shape `out`.
@@ -285,7 +285,7 @@ pub(super) fn reduce_zip3(
     // inner-loop stride of each operand: 1 if contiguous in a block, 0 if constant
     let step = |i: usize| usize::from(plan.operands[i].contiguous);
     let (sa, sb, sc) = (step(0), step(1), step(2));
-    let mut result = vec![0.0_f32; target.iter().product()];
+    let target_len: usize = target.iter().product();
     let block = plan.block;
     let blocks = out
         .iter()
@@ -293,18 +293,39 @@ pub(super) fn reduce_zip3(
         .checked_div(block)
         .unwrap_or(0);
     let into_one = !plan.operands[3].contiguous;
-    // One monomorphised loop per combination of contiguous (stride 1) and
-    // constant (stride 0) operands, so that the compiler can vectorise it.
-    macro_rules! with_strides {
-        ($($sa:literal $sb:literal $sc:literal),*) => {
-            match (sa, sb, sc) {
-                $(($sa, $sb, $sc) => reduce_blocks::<$sa, $sb, $sc>(
-                    &plan, blocks, into_one, [&xa, &xb, &xc], &mut result, &f),)*
-                _ => unreachable!("strides are 0 or 1"),
-            }
-        };
+    // Blocks are summed in fixed groups (sized from the shapes only, never
+    // from the thread count) whose partial sums are then added in order:
+    // parallel, yet the same bits on every run and every machine.
+    let per_group = (PARALLEL_THRESHOLD / block.max(1)).max(1);
+    let groups = blocks.div_ceil(per_group);
+    let sum_group = |group: usize| {
+        let mut partial = vec![0.0_f32; target_len];
+        let range = group * per_group..((group + 1) * per_group).min(blocks);
+        // One monomorphised loop per combination of contiguous (stride 1) and
+        // constant (stride 0) operands, so that the compiler can vectorise it.
+        macro_rules! with_strides {
+            ($($sa:literal $sb:literal $sc:literal),*) => {
+                match (sa, sb, sc) {
+                    $(($sa, $sb, $sc) => reduce_blocks::<$sa, $sb, $sc>(
+                        &plan, range, into_one, [&xa, &xb, &xc], &mut partial, &f),)*
+                    _ => unreachable!("strides are 0 or 1"),
+                }
+            };
+        }
+        with_strides!(0 0 0, 0 0 1, 0 1 0, 0 1 1, 1 0 0, 1 0 1, 1 1 0, 1 1 1);
+        partial
+    };
+    let partials: Vec<Vec<f32>> = if groups > 1 {
+        (0..groups).into_par_iter().map(sum_group).collect()
+    } else {
+        (0..groups).map(sum_group).collect()
+    };
+    let mut result = vec![0.0_f32; target_len];
+    for partial in &partials {
+        for (r, p) in result.iter_mut().zip(partial) {
+            *r += p;
+        }
     }
-    with_strides!(0 0 0, 0 0 1, 0 1 0, 0 1 1, 1 0 0, 1 0 1, 1 1 0, 1 1 1);
     ArrayD::from_shape_vec(IxDyn(target), result).expect("sizes match")
 }
 
@@ -320,10 +341,9 @@ pub(super) fn zip3(
     let plan = Plan::new(out, &[a.shape(), b.shape()]);
     let (xg, xa, xb) = (contiguous(g), contiguous(a), contiguous(b));
     let (xg, xa, xb) = (&*xg, &*xa, &*xb);
-    let mut result = vec![0.0_f32; xg.len()];
     let (ca, cb) = (plan.operands[0].contiguous, plan.operands[1].contiguous);
     let block = plan.block;
-    let run = |index: usize, dst: &mut [f32]| {
+    let result = build(xg.len(), block, |index, dst| {
         let (oa, ob, og) = (plan.offset(0, index), plan.offset(1, index), index * block);
         let gs = &xg[og..og + block];
         match (ca, cb) {
@@ -334,56 +354,43 @@ pub(super) fn zip3(
                     .zip(&xa[oa..oa + block])
                     .zip(&xb[ob..ob + block])
                 {
-                    *d = f(g, x, y);
+                    d.write(f(g, x, y));
                 }
             }
             (true, false) => {
                 let y = xb[ob];
                 for ((d, &g), &x) in dst.iter_mut().zip(gs).zip(&xa[oa..oa + block]) {
-                    *d = f(g, x, y);
+                    d.write(f(g, x, y));
                 }
             }
             (false, true) => {
                 let x = xa[oa];
                 for ((d, &g), &y) in dst.iter_mut().zip(gs).zip(&xb[ob..ob + block]) {
-                    *d = f(g, x, y);
+                    d.write(f(g, x, y));
                 }
             }
             (false, false) => {
                 let (x, y) = (xa[oa], xb[ob]);
                 for (d, &g) in dst.iter_mut().zip(gs) {
-                    *d = f(g, x, y);
+                    d.write(f(g, x, y));
                 }
             }
         }
-    };
-    if block > 0 {
-        if result.len() >= PARALLEL_THRESHOLD {
-            result
-                .par_chunks_mut(block)
-                .enumerate()
-                .for_each(|(i, dst)| run(i, dst));
-        } else {
-            result
-                .chunks_mut(block)
-                .enumerate()
-                .for_each(|(i, dst)| run(i, dst));
-        }
-    }
+    });
     ArrayD::from_shape_vec(g.raw_dim(), result).expect("sizes match")
 }
 
 /// The loops of [`reduce_zip3`] for fixed inner strides `SA`, `SB`, `SC`.
 fn reduce_blocks<const SA: usize, const SB: usize, const SC: usize>(
     plan: &Plan,
-    blocks: usize,
+    blocks: std::ops::Range<usize>,
     into_one: bool,
     [xa, xb, xc]: [&[f32]; 3],
     result: &mut [f32],
     f: &impl Fn(f32, f32, f32) -> f32,
 ) {
     let block = plan.block;
-    for index in 0..blocks {
+    for index in blocks {
         let (oa, ob, oc, ot) = (
             plan.offset(0, index),
             plan.offset(1, index),

@@ -354,7 +354,7 @@ impl Tensor {
 fn accumulate(slot: &RefCell<Option<ArrayD<f32>>>, g: ArrayD<f32>) {
     let mut slot = slot.borrow_mut();
     match slot.as_mut() {
-        Some(acc) => *acc += &g,
+        Some(acc) => kernels::add_assign(acc, &g),
         None => *slot = Some(g),
     }
 }
