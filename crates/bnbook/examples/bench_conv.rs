@@ -54,6 +54,7 @@ fn bench(padding: usize, reps: usize) {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    bnbook::bench::keep_freed_memory();
     let threads = std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "default".into());
     println!("MATMUL_NUM_THREADS = {threads}");
     bench(0, 50);

@@ -16,6 +16,7 @@ use std::time::Instant;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), bnbook::Error> {
+    bnbook::bench::keep_freed_memory();
     let model: ModelKind = std::env::args()
         .nth(1)
         .unwrap_or("lenet-bn".into())

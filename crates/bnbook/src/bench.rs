@@ -103,3 +103,17 @@ pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<Benc
         eval_examples_per_sec: batch_size as f64 / eval_forward_ms * 1e3,
     })
 }
+
+/// Tunes the mimalloc allocator for training loops; call it first thing in
+/// a binary that declares `#[global_allocator] static A: mimalloc::MiMalloc`
+/// (as the `bnbook` command and the examples do). Without it mimalloc hands
+/// freed memory back to the operating system after 10 ms, and every training
+/// step, which frees and reallocates the same large buffers, pays page
+/// faults and page clearing for them (measured: ~15 % of a step).
+pub fn keep_freed_memory() {
+    // `mi_option_purge_delay` is entry 15 of `mi_option_t` in both the v2
+    // and v3 headers of mimalloc; -1 means "never purge".
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: setting an option is allowed at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}

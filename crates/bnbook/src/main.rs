@@ -15,17 +15,6 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Keep freed memory instead of handing it back to the OS after 10 ms:
-/// every training step frees and reallocates the same large buffers, and
-/// getting them back from the OS costs a page fault and a page clear each.
-/// (`mi_option_purge_delay` is entry 15 of mimalloc's `mi_option_t` in both
-/// its v2 and v3 headers.)
-fn keep_freed_memory() {
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: setting an option is allowed at any time; -1 means "never purge".
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-}
-
 /// Batch normalization, from scratch in Rust: train and time the models of
 /// the book on Fashion-MNIST.
 #[derive(Parser)]
@@ -103,7 +92,7 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    bnbook::bench::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -212,6 +212,37 @@ fn command_line_train_writes_json_and_svg() {
 }
 
 #[test]
+fn results_do_not_depend_on_the_thread_count() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |threads: &str| {
+        let json = dir.path().join(format!("threads-{threads}.json"));
+        let status = Command::new(env!("CARGO_BIN_EXE_bnbook"))
+            .args([
+                "train",
+                "--epochs",
+                "1",
+                "--limit",
+                "2000",
+                "--offline",
+                "--quiet",
+            ])
+            .args(["--threads", threads])
+            .arg("--json")
+            .arg(&json)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let h: History = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+        metrics(&h)
+    };
+    // reductions are split into fixed groups, never by thread count
+    assert_eq!(run("1"), run("2"));
+}
+
+#[test]
 fn command_line_reports_bad_input_clearly() {
     let bin = env!("CARGO_BIN_EXE_bnbook");
     let output = Command::new(bin)

@@ -302,8 +302,15 @@ impl Tensor {
             // one image plane per task: planes never share windows
             y.par_chunks_mut(plane_out).enumerate().for_each(|(p, y)| {
                 let x = &x[p * plane_in..][..plane_in];
-                plane_windows(&g, |out, i| y[out] += x[i]);
-                y.iter_mut().for_each(|v| *v /= area);
+                for (oy, y_row) in y.chunks_exact_mut(g.ow).enumerate() {
+                    for ky in 0..g.kh {
+                        let x_row = &x[(oy * g.stride + ky) * g.w..][..g.w];
+                        for (ox, v) in y_row.iter_mut().enumerate() {
+                            *v += x_row[ox * g.stride..][..g.kw].iter().sum::<f32>();
+                        }
+                    }
+                    y_row.iter_mut().for_each(|v| *v /= area);
+                }
             });
             ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.oh, g.ow]), y).expect("sizes match")
         };
@@ -314,7 +321,17 @@ impl Tensor {
             let mut dx = vec![0.0; g.n * g.c * plane_in];
             dx.par_chunks_mut(plane_in).enumerate().for_each(|(p, dx)| {
                 let gy = &gy[p * plane_out..][..plane_out];
-                plane_windows(&g, |out, i| dx[i] += gy[out] / area);
+                for (oy, gy_row) in gy.chunks_exact(g.ow).enumerate() {
+                    for ky in 0..g.kh {
+                        let dx_row = &mut dx[(oy * g.stride + ky) * g.w..][..g.w];
+                        for (ox, &v) in gy_row.iter().enumerate() {
+                            let share = v / area;
+                            dx_row[ox * g.stride..][..g.kw]
+                                .iter_mut()
+                                .for_each(|d| *d += share);
+                        }
+                    }
+                }
             });
             vec![Some(
                 ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.h, g.w]), dx).expect("sizes match"),
