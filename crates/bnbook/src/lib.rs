@@ -17,7 +17,8 @@
 //! * [`models`] — LeNet with and without batch norm;
 //! * [`train`] — d2l's training loop, with history and throughput;
 //! * [`plot`] — SVG figures that also display inline in notebooks;
-//! * [`bench`](mod@bench) — timing of training steps.
+//! * [`bench`](mod@bench) — timing of training steps;
+//! * [`figures`] — every figure and table of the book, from one command.
 //!
 //! The crate re-exports [`ndarray`] so that notebooks and examples use exactly
 //! the version the crate was built with: `use bnbook::ndarray::prelude::*;`,
@@ -33,6 +34,7 @@ pub mod bench;
 pub mod concise;
 pub mod data;
 pub mod error;
+pub mod figures;
 pub mod gradcheck;
 pub mod models;
 pub mod nn;

@@ -30,6 +30,34 @@ enum Command {
     Train(TrainArgs),
     /// Time training steps and evaluation passes of a model.
     Bench(BenchArgs),
+    /// Regenerate every figure, table and number of the book (trains all
+    /// models; about 10 minutes on 2 cores).
+    Figures(FiguresArgs),
+}
+
+#[derive(Args)]
+struct FiguresArgs {
+    /// Output directory.
+    #[arg(long, default_value = "book/generated")]
+    out: PathBuf,
+    /// Epochs per training run.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Seeds of the LeNet-BN runs, comma-separated.
+    #[arg(long, default_value = "0,1,2", value_delimiter = ',')]
+    seeds: Vec<u64>,
+    /// Use only the first N training and test examples (quick check; the book uses all).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Timed batches per speed measurement.
+    #[arg(long, default_value_t = 50)]
+    bench_batches: usize,
+    /// Directory with the four Fashion-MNIST files (searched first).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Threads for matrix products and element-wise loops [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -125,6 +153,7 @@ fn write_json(path: &PathBuf, value: &impl serde::Serialize) -> Result<(), Strin
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Train(args) => train(args),
+        Command::Figures(args) => figures(args),
         Command::Bench(args) => {
             set_threads(args.common.threads)?;
             let report =
@@ -189,5 +218,39 @@ fn train(args: TrainArgs) -> Result<(), String> {
             .and_then(|svg| svg.save(path))
             .map_err(|e| e.to_string())?;
     }
+    Ok(())
+}
+
+fn figures(args: FiguresArgs) -> Result<(), String> {
+    set_threads(args.threads)?;
+    if args.seeds.is_empty() {
+        return Err("--seeds needs at least one seed".into());
+    }
+    if args.epochs == 0 {
+        return Err("--epochs must be at least 1".into());
+    }
+    let mut options = LoadOptions::default();
+    if let Some(dir) = &args.data_dir {
+        options = options.with_dir(dir);
+    }
+    let data = FashionMnist::load(&options).map_err(|e| e.to_string())?;
+    let command = std::iter::once("bnbook".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let config = bnbook::figures::FiguresConfig {
+        out: args.out,
+        epochs: args.epochs,
+        seeds: args.seeds,
+        limit: args.limit,
+        bench_batches: args.bench_batches,
+    };
+    let manifest =
+        bnbook::figures::generate(&data, &config, &command).map_err(|e| e.to_string())?;
+    println!(
+        "{} files written to {}",
+        manifest.artefacts.len(),
+        config.out.display()
+    );
     Ok(())
 }

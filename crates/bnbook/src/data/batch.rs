@@ -126,11 +126,20 @@ fn gather(split: &Split, indices: &[usize]) -> Batch {
 
 /// The seed of the shuffle for one epoch.
 ///
-/// Multiplying the epoch by an odd constant (2⁶⁴ divided by the golden ratio)
-/// and XOR-ing it into the seed gives a different seed for every epoch of
-/// one run, with consecutive epochs far apart.
+/// `(seed, epoch)` is hashed with two rounds of SplitMix64, so every epoch
+/// gets its own seed and, importantly, no epoch's shuffle reuses the random
+/// stream of `StdRng::seed_from_u64(seed)` — the stream the training code
+/// draws the initial weights from with the same seed.
 fn epoch_seed(seed: u64, epoch: u64) -> u64 {
-    seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    splitmix64(splitmix64(seed ^ 0x0005_EED0_FDA7_A5E7) ^ epoch)
+}
+
+/// One step of the SplitMix64 generator: a fast, well-mixing 64-bit hash.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// The example indices of one epoch: `0..n`, shuffled if a seed is given.

@@ -1,0 +1,514 @@
+//! Every figure, table and number the chapters show, from one command:
+//! `bnbook figures --out book/generated`.
+//!
+//! *Book: chapters "LeNet with BN on Fashion-MNIST" and "Concise BN".*
+//!
+//! The chapters never contain a typed-in result: they `{{#include}}` the
+//! Markdown tables and show the SVG figures written here, and
+//! `figures.json` lists every artefact with the command that made it.
+
+use crate::autograd::Tensor;
+use crate::bench::{BenchReport, bench};
+use crate::concise::{BatchNorm2d, BatchNormOptions};
+use crate::data::FashionMnist;
+use crate::error::{Error, Result};
+use crate::gradcheck::random_input;
+use crate::models::ModelKind;
+use crate::nn::{Mode, Module};
+use crate::plot::{Series, Svg, line_chart};
+use crate::scratch::BatchNorm;
+use crate::train::{History, TrainConfig, train_model};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct FiguresConfig {
+    /// Where to write (e.g. `book/generated`).
+    pub out: PathBuf,
+    /// Epochs per training run (the book uses d2l's 10).
+    pub epochs: usize,
+    /// Seeds of the LeNet-BN runs (at least three, to show the spread).
+    pub seeds: Vec<u64>,
+    /// Train on the first `n` examples only (quick checks; the book uses all).
+    pub limit: Option<usize>,
+    /// Timed batches per speed measurement.
+    pub bench_batches: usize,
+}
+
+/// One artefact written by [`generate`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Artefact {
+    /// File name inside the output directory.
+    pub file: String,
+    /// What it shows (used as caption or alt text).
+    pub description: String,
+}
+
+/// The manifest `figures.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Manifest {
+    /// The command line that produced everything.
+    pub command: String,
+    /// Epochs, seeds and limit used.
+    pub epochs: usize,
+    /// Seeds of the LeNet-BN runs.
+    pub seeds: Vec<u64>,
+    /// Example limit, if any.
+    pub limit: Option<usize>,
+    /// Everything written.
+    pub artefacts: Vec<Artefact>,
+}
+
+struct Writer {
+    out: PathBuf,
+    artefacts: Vec<Artefact>,
+}
+
+impl Writer {
+    fn write(&mut self, file: &str, description: &str, contents: &str) -> Result<()> {
+        let path = self.out.join(file);
+        std::fs::write(&path, contents)
+            .map_err(|e| Error::InvalidArgument(format!("cannot write {}: {e}", path.display())))?;
+        println!("wrote {}", path.display());
+        self.artefacts.push(Artefact {
+            file: file.to_string(),
+            description: description.to_string(),
+        });
+        Ok(())
+    }
+
+    fn json(&mut self, file: &str, description: &str, value: &impl Serialize) -> Result<()> {
+        let text = serde_json::to_string_pretty(value)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        self.write(file, description, &(text + "\n"))
+    }
+
+    fn svg(&mut self, file: &str, description: &str, svg: &Svg) -> Result<()> {
+        self.write(file, description, svg.as_str())
+    }
+}
+
+fn series(label: String, h: &History, f: fn(&crate::train::EpochRecord) -> f64) -> Series {
+    Series {
+        label,
+        points: h.history.iter().map(|r| (r.epoch as f64, f(r))).collect(),
+    }
+}
+
+/// Runs the trainings and measurements and writes every artefact into
+/// `config.out`.
+///
+/// # Errors
+/// If the data cannot be loaded, a run fails, or a file cannot be written.
+pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> Result<Manifest> {
+    std::fs::create_dir_all(&config.out).map_err(|e| {
+        Error::InvalidArgument(format!("cannot create {}: {e}", config.out.display()))
+    })?;
+    let mut w = Writer {
+        out: config.out.clone(),
+        artefacts: Vec::new(),
+    };
+    let run = |model: ModelKind, seed: u64| -> Result<(crate::nn::Sequential, History)> {
+        let cfg = TrainConfig {
+            epochs: config.epochs,
+            seed,
+            limit: config.limit,
+            progress: true,
+            ..TrainConfig::d2l(model)
+        };
+        let started = Instant::now();
+        let out = train_model(model, data, &cfg, |r| {
+            println!(
+                "{model} seed {seed} epoch {}: loss {:.3}, train acc {:.3}, test acc {:.3}",
+                r.epoch, r.loss, r.train_acc, r.test_acc
+            )
+        })?;
+        println!(
+            "{model} seed {seed}: {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(out)
+    };
+
+    // ----- LeNet with batch norm, several seeds, and plain LeNet -----
+    let mut bn_runs = Vec::new();
+    let mut bn_nets = Vec::new();
+    for &seed in &config.seeds {
+        let (net, h) = run(ModelKind::LenetBn, seed)?;
+        w.json(
+            &format!("lenet-bn-seed{seed}.json"),
+            &format!("history of lenet-bn, seed {seed}"),
+            &h,
+        )?;
+        bn_nets.push(net);
+        bn_runs.push(h);
+    }
+    let (_, plain) = run(ModelKind::Lenet, config.seeds[0])?;
+    w.json(
+        "lenet-seed0.json",
+        "history of plain LeNet (no BN, lr 0.9)",
+        &plain,
+    )?;
+    let (_, maxpool) = run(ModelKind::LenetBnMaxpool, config.seeds[0])?;
+    w.json(
+        "lenet-bn-maxpool-seed0.json",
+        "history of LeNet-BN with max-pooling",
+        &maxpool,
+    )?;
+    let (_, concise) = run(ModelKind::LenetBnConcise, config.seeds[0])?;
+    w.json(
+        "lenet-bn-concise-seed0.json",
+        "history of LeNet-BN with the fused BN",
+        &concise,
+    )?;
+
+    let mut test_series: Vec<Series> = bn_runs
+        .iter()
+        .map(|h| series(format!("with BN, seed {}", h.seed), h, |r| r.test_acc))
+        .collect();
+    test_series.push(series("no BN (lr 0.9)".into(), &plain, |r| r.test_acc));
+    w.svg(
+        "bn-vs-plain-test-acc.svg",
+        "Test accuracy per epoch of LeNet with batch norm (several seeds) and without",
+        &line_chart("Test accuracy", "epoch", &test_series, (560, 340))?,
+    )?;
+    let mut loss_series: Vec<Series> = bn_runs
+        .iter()
+        .map(|h| series(format!("with BN, seed {}", h.seed), h, |r| r.loss))
+        .collect();
+    loss_series.push(series("no BN (lr 0.9)".into(), &plain, |r| r.loss));
+    w.svg(
+        "bn-vs-plain-train-loss.svg",
+        "Training loss per epoch of LeNet with batch norm (several seeds) and without",
+        &line_chart("Training loss", "epoch", &loss_series, (560, 340))?,
+    )?;
+    w.svg(
+        "lenet-bn-curves.svg",
+        "d2l's figure for LeNet-BN, first seed: train loss, train accuracy and test accuracy",
+        &crate::plot::training_curves(&bn_runs[0])?,
+    )?;
+    let pooling = [
+        series("average pooling".into(), &bn_runs[0], |r| r.test_acc),
+        series("max pooling".into(), &maxpool, |r| r.test_acc),
+    ];
+    w.svg(
+        "pooling-confound.svg",
+        "Test accuracy of LeNet-BN with average and with max pooling, same seed",
+        &line_chart(
+            "LeNet-BN: average vs max pooling",
+            "epoch",
+            &pooling,
+            (560, 340),
+        )?,
+    )?;
+
+    let mut table = String::from(
+        "| model | seed | lr | final loss | final train acc | final test acc | best test acc (epoch) | median examples/s |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for h in bn_runs.iter().chain([&plain, &maxpool, &concise]) {
+        let last = h.last().expect("epochs > 0");
+        let best = h
+            .history
+            .iter()
+            .max_by(|a, b| a.test_acc.total_cmp(&b.test_acc))
+            .expect("epochs > 0");
+        table += &format!(
+            "| `{}` | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} ({}) | {:.0} |\n",
+            h.model,
+            h.seed,
+            h.lr,
+            last.loss,
+            last.train_acc,
+            last.test_acc,
+            best.test_acc,
+            best.epoch,
+            h.median_examples_per_sec()
+        );
+    }
+    let mean_test = bn_runs
+        .iter()
+        .map(|h| h.last().expect("epochs").test_acc)
+        .sum::<f64>()
+        / bn_runs.len() as f64;
+    table += &format!(
+        "\nMean final test accuracy of `lenet-bn` over the {} seeds: {mean_test:.3}.\n",
+        bn_runs.len()
+    );
+    w.write(
+        "runs-table.md",
+        "final metrics of every training run",
+        &table,
+    )?;
+
+    // ----- learned γ and β of the first BN layer -----
+    let (index, bn) = bn_nets[0].batch_norm_layers()[0];
+    let (gamma, beta) = (
+        bn.gamma().unwrap_or_default(),
+        bn.beta().unwrap_or_default(),
+    );
+    let mut gb = String::from("| channel | γ | β |\n|---|---|---|\n");
+    for (c, (g, b)) in gamma.iter().zip(&beta).enumerate() {
+        gb += &format!("| {c} | {g:.4} | {b:.4} |\n");
+    }
+    gb += &format!(
+        "\n(layer {index} of `lenet-bn`, seed {}, after {} epochs)\n",
+        config.seeds[0], config.epochs
+    );
+    w.write(
+        "gamma-beta.md",
+        "γ and β of the first batch-norm layer after training",
+        &gb,
+    )?;
+
+    // ----- running statistics that lag behind the weights -----
+    let mut lag = String::from(
+        "| seed | test acc, running statistics | test acc, statistics re-estimated on 40 training batches |\n|---|---|---|\n",
+    );
+    for (net, h) in bn_nets.iter_mut().zip(&bn_runs) {
+        let before = h.last().expect("epochs > 0").test_acc;
+        reestimate_running_statistics(net, data, h.seed, 40)?;
+        let test = match config.limit {
+            Some(n) => data.test.head(n),
+            None => data.test.clone(),
+        };
+        let after = crate::train::evaluate(net, &test, 256)?;
+        lag += &format!("| {} | {before:.3} | {after:.3} |\n", h.seed);
+    }
+    w.write(
+        "running-stats-lag.md",
+        "final test accuracy with the running statistics and with statistics re-estimated for the final weights",
+        &lag,
+    )?;
+
+    // ----- shapes layer by layer -----
+    let mut shapes = String::new();
+    for model in [ModelKind::LenetBn, ModelKind::Lenet] {
+        let mut net =
+            model.build(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0))?;
+        let trace = net.shape_trace(&Tensor::new(ndarray::ArrayD::zeros(ndarray::IxDyn(&[
+            1, 1, 28, 28,
+        ]))))?;
+        shapes +=
+            &format!("`{model}`, input `[1, 1, 28, 28]`:\n\n| layer | output shape |\n|---|---|\n");
+        for (layer, shape) in trace {
+            shapes += &format!("| {layer} | `{shape:?}` |\n");
+        }
+        shapes += "\n";
+    }
+    w.write(
+        "shapes.md",
+        "output shape of every layer of lenet-bn and lenet",
+        &shapes,
+    )?;
+
+    // ----- scratch vs fused: agreement and speed -----
+    let agreement = agreement()?;
+    w.json(
+        "agreement.json",
+        "scratch vs fused batch norm: largest differences",
+        &agreement,
+    )?;
+    w.write(
+        "agreement.md",
+        "scratch vs fused batch norm: largest differences",
+        &agreement.table(),
+    )?;
+    let speed: Vec<BenchReport> = [
+        ModelKind::LenetBn,
+        ModelKind::LenetBnConcise,
+        ModelKind::Lenet,
+    ]
+    .into_iter()
+    .map(|m| bench(m, 256, config.bench_batches))
+    .collect::<Result<_>>()?;
+    w.json(
+        "speed.json",
+        "training-step timings of scratch BN, fused BN and no BN",
+        &speed,
+    )?;
+    let mut speed_md = String::from(
+        "| model | train step (ms) | training examples/s | eval forward (ms) |\n|---|---|---|---|\n",
+    );
+    for r in &speed {
+        speed_md += &format!(
+            "| `{}` | {:.2} | {:.0} | {:.2} |\n",
+            r.model, r.train_step_ms, r.train_examples_per_sec, r.eval_forward_ms
+        );
+    }
+    speed_md += &format!(
+        "\nMedians of {} steps at batch {} after 5 warm-up steps, on {} threads.\n",
+        config.bench_batches,
+        256,
+        rayon::current_num_threads()
+    );
+    w.write(
+        "speed.md",
+        "training-step timings of scratch BN, fused BN and no BN",
+        &speed_md,
+    )?;
+    let same = [
+        series("scratch BN: test acc".into(), &bn_runs[0], |r| r.test_acc),
+        series("fused BN: test acc".into(), &concise, |r| r.test_acc),
+        series("scratch BN: train loss".into(), &bn_runs[0], |r| r.loss),
+        series("fused BN: train loss".into(), &concise, |r| r.loss),
+    ];
+    w.svg(
+        "scratch-vs-concise.svg",
+        "LeNet-BN trained with the scratch and with the fused batch norm, same seed",
+        &line_chart("Scratch vs fused batch norm", "epoch", &same, (560, 340))?,
+    )?;
+
+    let manifest = Manifest {
+        command: command.to_string(),
+        epochs: config.epochs,
+        seeds: config.seeds.clone(),
+        limit: config.limit,
+        artefacts: w.artefacts.clone(),
+    };
+    w.json("figures.json", "this list", &manifest)?;
+    Ok(manifest)
+}
+
+/// "Precise BN": replaces the running statistics of every scratch
+/// [`BatchNorm`] layer of `net` by the plain average of the batch statistics
+/// over `batches` training batches, computed with the *current* weights
+/// (momentum `k/(k+1)` at batch `k`, no weight update).
+///
+/// # Errors
+/// If the network rejects the images.
+pub fn reestimate_running_statistics(
+    net: &mut crate::nn::Sequential,
+    data: &FashionMnist,
+    seed: u64,
+    batches: usize,
+) -> Result<()> {
+    let options = crate::data::BatchOptions::shuffled(seed, u64::MAX);
+    let saved: Vec<f32> = set_momentum(net, None);
+    for (k, batch) in data.train.batches(256, &options)?.take(batches).enumerate() {
+        set_momentum(net, Some(k as f32 / (k as f32 + 1.0)));
+        net.forward(&Tensor::new(batch.images.into_dyn()), Mode::Train)?;
+    }
+    for (layer, momentum) in net
+        .layers_mut()
+        .iter_mut()
+        .filter_map(|l| l.as_any_mut().downcast_mut::<BatchNorm>())
+        .zip(saved)
+    {
+        layer.momentum = momentum;
+    }
+    Ok(())
+}
+
+/// Sets the momentum of every scratch batch-norm layer (if `Some`) and
+/// returns the previous values.
+fn set_momentum(net: &mut crate::nn::Sequential, momentum: Option<f32>) -> Vec<f32> {
+    net.layers_mut()
+        .iter_mut()
+        .filter_map(|l| l.as_any_mut().downcast_mut::<BatchNorm>())
+        .map(|bn| {
+            let old = bn.momentum;
+            if let Some(m) = momentum {
+                bn.momentum = m;
+            }
+            old
+        })
+        .collect()
+}
+
+/// Largest differences between the scratch and the fused batch norm on one
+/// LeNet-sized batch `(256, 6, 24, 24)`, in training mode.
+#[derive(Clone, Debug, Serialize)]
+pub struct Agreement {
+    /// Input shape used.
+    pub shape: Vec<usize>,
+    /// max |y_scratch − y_fused|.
+    pub output: f32,
+    /// max |∂x_scratch − ∂x_fused|.
+    pub input_grad: f32,
+    /// max |∂γ_scratch − ∂γ_fused|.
+    pub gamma_grad: f32,
+    /// max |∂β_scratch − ∂β_fused|.
+    pub beta_grad: f32,
+    /// Scratch forward + backward, milliseconds (median of 20).
+    pub scratch_ms: f64,
+    /// Fused forward + backward, milliseconds (median of 20).
+    pub fused_ms: f64,
+}
+
+impl Agreement {
+    fn table(&self) -> String {
+        format!(
+            "| quantity | largest difference |\n|---|---|\n| output y | {:.1e} |\n| ∂L/∂x | {:.1e} |\n| ∂L/∂γ | {:.1e} |\n| ∂L/∂β | {:.1e} |\n\n\
+             Input shape {:?}. Forward + backward: scratch {:.2} ms, fused {:.2} ms (median of 20).\n",
+            self.output,
+            self.input_grad,
+            self.gamma_grad,
+            self.beta_grad,
+            self.shape,
+            self.scratch_ms,
+            self.fused_ms
+        )
+    }
+}
+
+fn max_diff(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> f32 {
+    a.iter()
+        .zip(b.iter())
+        .fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+fn agreement() -> Result<Agreement> {
+    let shape = vec![256, 6, 24, 24];
+    let x = random_input(&shape, -2.0, 3.0, 1);
+    let upstream = random_input(&shape, -1.0, 1.0, 2);
+    let mut scratch = BatchNorm::new(6, 4)?;
+    let mut fused = BatchNorm2d::with_options(6, BatchNormOptions::d2l())?;
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let mut v = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            f()?;
+            v.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        v.sort_by(f64::total_cmp);
+        Ok(v[v.len() / 2])
+    };
+    let xs = Tensor::parameter(x.clone());
+    let xf = Tensor::parameter(x);
+    let ys = scratch.forward(&xs, Mode::Train)?;
+    let yf = fused.forward(&xf, Mode::Train)?;
+    ys.backward_with(upstream.clone());
+    yf.backward_with(upstream.clone());
+    let grad = |t: &Tensor| t.grad().unwrap_or_default();
+    let fused_gamma = fused.gamma.clone().expect("affine");
+    let fused_beta = fused.beta.clone().expect("affine");
+    let flat = |a: ndarray::ArrayD<f32>| {
+        a.into_shape_with_order(ndarray::IxDyn(&[6]))
+            .expect("6 channels")
+    };
+    let agreement = Agreement {
+        shape: shape.clone(),
+        output: max_diff(&ys.value(), &yf.value()),
+        input_grad: max_diff(&grad(&xs), &grad(&xf)),
+        gamma_grad: max_diff(&flat(grad(&scratch.gamma)), &grad(&fused_gamma)),
+        beta_grad: max_diff(&flat(grad(&scratch.beta)), &grad(&fused_beta)),
+        scratch_ms: time(&mut || {
+            let y = scratch.forward(&xs, Mode::Train)?;
+            y.backward_with(upstream.clone());
+            Ok(())
+        })?,
+        fused_ms: time(&mut || {
+            let y = fused.forward(&xf, Mode::Train)?;
+            y.backward_with(upstream.clone());
+            Ok(())
+        })?,
+    };
+    Ok(agreement)
+}
+
+/// The default output directory, relative to the repository root.
+pub fn default_out_dir() -> &'static Path {
+    Path::new("book/generated")
+}
