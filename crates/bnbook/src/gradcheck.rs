@@ -153,6 +153,25 @@ impl GradCheck {
         GradCheckReport { inputs: reports }
     }
 
+    /// [`run`](GradCheck::run), printing the report, and panicking with it
+    /// if any input fails: the form the tests use.
+    ///
+    /// # Panics
+    /// If an autograd gradient disagrees with its finite difference.
+    pub fn assert_passes(
+        &self,
+        name: &str,
+        inputs: &[ArrayD<f32>],
+        f: impl Fn(&[Tensor]) -> Tensor,
+    ) {
+        let report = self.run(inputs, f);
+        println!("{name}:\n{report}");
+        assert!(
+            report.passed(),
+            "gradient check failed for {name}:\n{report}"
+        );
+    }
+
     fn compare(&self, autograd: impl Iterator<Item = f64>, numeric: &[f64]) -> InputReport {
         let scale = numeric.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
         let mut report = InputReport {

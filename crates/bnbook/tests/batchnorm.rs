@@ -11,12 +11,7 @@ use bnbook::scratch::{BatchNorm, batch_norm, parameter_shape};
 use bnbook::{Mode, Tensor};
 
 fn check(name: &str, inputs: &[ArrayD<f32>], f: impl Fn(&[Tensor]) -> Tensor) {
-    let report = GradCheck::default().run(inputs, f);
-    println!("{name}:\n{report}");
-    assert!(
-        report.passed(),
-        "gradient check failed for {name}:\n{report}"
-    );
+    GradCheck::default().assert_passes(name, inputs, f);
 }
 
 fn assert_close(name: &str, a: &[f32], b: &[f32], tol: f32) {

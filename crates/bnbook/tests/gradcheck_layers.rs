@@ -22,16 +22,11 @@ fn check_layer<M: Module>(
     let mut inputs = vec![x];
     inputs.extend(layer.parameters().iter().map(|p| p.value().clone()));
     let layer = RefCell::new(layer);
-    let report = GradCheck::default().run(&inputs, |t| {
+    GradCheck::default().assert_passes(name, &inputs, |t| {
         let mut layer = layer.borrow_mut();
         set_params(&mut layer, &t[1..]);
         layer.forward(&t[0], Mode::Train).expect("valid shapes")
     });
-    println!("{name}:\n{report}");
-    assert!(
-        report.passed(),
-        "gradient check failed for {name}:\n{report}"
-    );
 }
 
 fn rng() -> StdRng {

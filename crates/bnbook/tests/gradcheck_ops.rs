@@ -8,12 +8,7 @@ use bnbook::gradcheck::{GradCheck, random_input};
 use bnbook::ndarray::ArrayD;
 
 fn check(name: &str, inputs: &[ArrayD<f32>], f: impl Fn(&[Tensor]) -> Tensor) {
-    let report = GradCheck::default().run(inputs, f);
-    println!("{name}:\n{report}");
-    assert!(
-        report.passed(),
-        "gradient check failed for {name}:\n{report}"
-    );
+    GradCheck::default().assert_passes(name, inputs, f);
 }
 
 fn x(shape: &[usize], seed: u64) -> ArrayD<f32> {
