@@ -77,6 +77,7 @@ impl BackwardContext<'_> {
 /// gradient per parent (`None` where the parent needs none).
 pub type BackwardFn = Box<dyn Fn(&BackwardContext) -> Vec<Option<ArrayD<f32>>>>;
 
+// ANCHOR: node
 struct Node {
     value: RefCell<ArrayD<f32>>,
     grad: RefCell<Option<ArrayD<f32>>>,
@@ -93,6 +94,7 @@ struct Node {
 /// design.
 #[derive(Clone)]
 pub struct Tensor(Rc<Node>);
+// ANCHOR_END: node
 
 impl Tensor {
     /// A constant: gradients never flow into it (input images, labels, …).
@@ -126,6 +128,7 @@ impl Tensor {
         }))
     }
 
+    // ANCHOR: from_op
     /// Records the result of an operation.
     ///
     /// `value` is the forward result, `parents` the tensors it was computed
@@ -154,6 +157,7 @@ impl Tensor {
             backward: Some(Box::new(backward)),
         }))
     }
+    // ANCHOR_END: from_op
 
     /// The current value. The returned guard borrows the tensor; drop it
     /// before changing the value with [`value_mut`](Tensor::value_mut).
@@ -259,6 +263,7 @@ impl Tensor {
         self.backward_with(seed);
     }
 
+    // ANCHOR: backward_with
     /// Back-propagates starting from ∂loss/∂self = `seed`.
     ///
     /// # Panics
@@ -278,7 +283,9 @@ impl Tensor {
             node.propagate();
         }
     }
+    // ANCHOR_END: backward_with
 
+    // ANCHOR: topological_order
     /// All nodes that lead to `self` and need gradients, parents before
     /// children (an iterative depth-first search, so deep graphs cannot
     /// overflow the stack).
@@ -304,7 +311,9 @@ impl Tensor {
         }
         order
     }
+    // ANCHOR_END: topological_order
 
+    // ANCHOR: propagate
     /// Hands this node's gradient to its backward rule and adds the results
     /// into the parents' gradients.
     fn propagate(&self) {
@@ -348,8 +357,10 @@ impl Tensor {
             }
         }
     }
+    // ANCHOR_END: propagate
 }
 
+// ANCHOR: accumulate
 /// `grad += g`, starting from nothing.
 fn accumulate(slot: &RefCell<Option<ArrayD<f32>>>, g: ArrayD<f32>) {
     let mut slot = slot.borrow_mut();
@@ -358,6 +369,7 @@ fn accumulate(slot: &RefCell<Option<ArrayD<f32>>>, g: ArrayD<f32>) {
         None => *slot = Some(g),
     }
 }
+// ANCHOR_END: accumulate
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

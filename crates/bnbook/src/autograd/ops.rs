@@ -52,6 +52,7 @@ fn zip_broadcast(
     kernels::zip_with(a, b, &shape, f)
 }
 
+// ANCHOR: grad_of
 /// The gradient of input `i` (0 = `a`, 1 = `b`) of a broadcasting binary
 /// operation whose local rule is `rule(g, a, b)` per output element, summed
 /// back to the input's shape where it was broadcast. `None` if the input
@@ -74,6 +75,7 @@ fn grad_of(
         kernels::reduce_zip3(g.shape(), [g, a, b], shape, rule)
     })
 }
+// ANCHOR_END: grad_of
 
 impl Tensor {
     // ----- element-wise binary operations (with broadcasting) -----
@@ -102,6 +104,7 @@ impl Tensor {
         })
     }
 
+    // ANCHOR: mul
     /// Element-wise `self * other`, broadcasting like NumPy.
     ///
     /// # Panics
@@ -116,7 +119,9 @@ impl Tensor {
             ]
         })
     }
+    // ANCHOR_END: mul
 
+    // ANCHOR: div
     /// Element-wise `self / other`, broadcasting like NumPy.
     ///
     /// # Panics
@@ -131,6 +136,7 @@ impl Tensor {
             ]
         })
     }
+    // ANCHOR_END: div
 
     // ----- element-wise unary operations -----
 
@@ -204,6 +210,7 @@ impl Tensor {
 
     // ----- reductions -----
 
+    // ANCHOR: sum
     /// Sum over `axes`; with `keepdims` the summed axes stay with size 1
     /// (handy for broadcasting the result back, as batch norm does).
     ///
@@ -244,6 +251,7 @@ impl Tensor {
             vec![Some(kernels::broadcast_to(&g, &in_shape))]
         })
     }
+    // ANCHOR_END: sum
 
     /// Sum of all elements (a scalar of shape `[]`).
     pub fn sum_all(&self) -> Tensor {
