@@ -81,6 +81,9 @@ pub fn line_chart(
         (a.min(p.1), b.max(p.1))
     });
     let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    // Headroom above the curves for the legend (one line per series), so it
+    // never hides a line.
+    let headroom = (y_max - y_min).max(1e-3) * (0.12 * series.len() as f64 + 0.05);
     let x_range = if x_max > x_min {
         x_min..x_max
     } else {
@@ -95,11 +98,13 @@ pub fn line_chart(
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(40)
-            .build_cartesian_2d(x_range, (y_min - pad)..(y_max + pad))
+            .build_cartesian_2d(x_range, (y_min - pad)..(y_max + headroom))
             .map_err(plot_error)?;
+        let integer_x = all().all(|p| p.0.fract() == 0.0);
         chart
             .configure_mesh()
             .x_desc(x_label)
+            .x_label_formatter(&|x| if integer_x { format!("{x:.0}") } else { format!("{x}") })
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(plot_error)?;
