@@ -104,7 +104,13 @@ pub fn line_chart(
         chart
             .configure_mesh()
             .x_desc(x_label)
-            .x_label_formatter(&|x| if integer_x { format!("{x:.0}") } else { format!("{x}") })
+            .x_label_formatter(&|x| {
+                if integer_x {
+                    format!("{x:.0}")
+                } else {
+                    format!("{x}")
+                }
+            })
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(plot_error)?;
