@@ -59,6 +59,13 @@ impl BatchOptions {
             ..BatchOptions::default()
         }
     }
+
+    /// The order in which [`Split::batches`] visits the first `n` examples
+    /// (before the last-batch policy): `0..n`, shuffled if a seed is set.
+    /// Handy for replaying exactly the same epoch elsewhere.
+    pub fn order(&self, n: usize) -> Vec<usize> {
+        epoch_order(n, self)
+    }
 }
 
 /// One mini-batch: copies of the selected images and their labels.
