@@ -29,9 +29,12 @@ DATA = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
 def idx(name):
     path = os.path.join(DATA, name)
-    opener = gzip.open if os.path.exists(path + ".gz") else open
-    with opener(path + ".gz" if os.path.exists(path + ".gz") else path, "rb") as f:
-        raw = f.read()
+    if os.path.exists(path + ".gz"):
+        with gzip.open(path + ".gz", "rb") as f:
+            raw = f.read()
+    else:
+        with open(path, "rb") as f:
+            raw = f.read()
     ndim = raw[3]
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)

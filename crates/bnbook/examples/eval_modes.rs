@@ -19,8 +19,7 @@ use bnbook::data::{BatchOptions, FashionMnist};
 use bnbook::models::ModelKind;
 use bnbook::nn::Sequential;
 use bnbook::nn::{Mode, Module, count_correct};
-use bnbook::rand::SeedableRng;
-use bnbook::scratch::BatchNorm;
+use bnbook::rand::{SeedableRng, rngs::StdRng};
 use bnbook::train::{TrainConfig, evaluate, train_model};
 
 /// Copies every parameter value of `from` into `to` (same architecture).
@@ -62,21 +61,11 @@ fn main() -> Result<(), bnbook::Error> {
             &bn.running_var()[..bn.num_features().min(6)]
         );
     }
-    // "precise BN": recompute the running statistics of the *final* weights as
-    // the plain average over 40 training batches (momentum (k-1)/k at batch k),
-    // without any weight update
-    let mut precise =
-        ModelKind::LenetBn.build(&mut bnbook::rand::rngs::StdRng::seed_from_u64(0))?;
+    // "precise BN": running statistics re-estimated for the *final* weights
+    // (plain average over 40 training batches, no weight update), on a copy
+    let mut precise = ModelKind::LenetBn.build(&mut StdRng::seed_from_u64(0))?;
     copy_parameters(&net, &precise);
-    let batches = data.train.batches(256, &BatchOptions::shuffled(seed, 99))?;
-    for (k, batch) in batches.take(40).enumerate() {
-        for layer in precise.layers_mut() {
-            if let Some(bn) = layer.as_any_mut().downcast_mut::<BatchNorm>() {
-                bn.momentum = k as f32 / (k as f32 + 1.0);
-            }
-        }
-        precise.forward(&Tensor::new(batch.images.into_dyn()), Mode::Train)?;
-    }
+    bnbook::figures::reestimate_running_statistics(&mut precise, &data, seed, 40)?;
     println!(
         "test acc with running stats re-estimated on 40 training batches: {:.4}",
         evaluate(&mut precise, &data.test, 256)?
