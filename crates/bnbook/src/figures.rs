@@ -17,9 +17,9 @@ use crate::models::ModelKind;
 use crate::nn::{Mode, Module};
 use crate::plot::{Series, Svg, line_chart};
 use crate::scratch::BatchNorm;
-use crate::train::{History, TrainConfig, train_model};
+use crate::train::{EpochRecord, History, TrainConfig, train_model};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// What to run.
@@ -90,7 +90,10 @@ impl Writer {
     }
 }
 
-fn series(label: String, h: &History, f: fn(&crate::train::EpochRecord) -> f64) -> Series {
+/// One number per epoch, read from a history record.
+type Metric = fn(&EpochRecord) -> f64;
+
+fn series(label: String, h: &History, f: Metric) -> Series {
     Series {
         label,
         points: h.history.iter().map(|r| (r.epoch as f64, f(r))).collect(),
@@ -164,26 +167,33 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
         &concise,
     )?;
 
-    let mut test_series: Vec<Series> = bn_runs
-        .iter()
-        .map(|h| series(format!("with BN, seed {}", h.seed), h, |r| r.test_acc))
-        .collect();
-    test_series.push(series("no BN (lr 0.9)".into(), &plain, |r| r.test_acc));
-    w.svg(
-        "bn-vs-plain-test-acc.svg",
-        "Test accuracy per epoch of LeNet with batch norm (several seeds) and without",
-        &line_chart("Test accuracy", "epoch", &test_series, (560, 340))?,
-    )?;
-    let mut loss_series: Vec<Series> = bn_runs
-        .iter()
-        .map(|h| series(format!("with BN, seed {}", h.seed), h, |r| r.loss))
-        .collect();
-    loss_series.push(series("no BN (lr 0.9)".into(), &plain, |r| r.loss));
-    w.svg(
-        "bn-vs-plain-train-loss.svg",
-        "Training loss per epoch of LeNet with batch norm (several seeds) and without",
-        &line_chart("Training loss", "epoch", &loss_series, (560, 340))?,
-    )?;
+    // the same runs twice: test accuracy, then training loss
+    let charts: [(&str, &str, &str, Metric); 2] = [
+        (
+            "bn-vs-plain-test-acc.svg",
+            "Test accuracy",
+            "Test accuracy per epoch",
+            |r| r.test_acc,
+        ),
+        (
+            "bn-vs-plain-train-loss.svg",
+            "Training loss",
+            "Training loss per epoch",
+            |r| r.loss,
+        ),
+    ];
+    for (file, title, what, metric) in charts {
+        let mut lines: Vec<Series> = bn_runs
+            .iter()
+            .map(|h| series(format!("with BN, seed {}", h.seed), h, metric))
+            .collect();
+        lines.push(series("no BN (lr 0.9)".into(), &plain, metric));
+        w.svg(
+            file,
+            &format!("{what} of LeNet with batch norm (several seeds) and without"),
+            &line_chart(title, "epoch", &lines, (560, 340))?,
+        )?;
+    }
     w.svg(
         "lenet-bn-curves.svg",
         "d2l's figure for LeNet-BN, first seed: train loss, train accuracy and test accuracy",
@@ -509,6 +519,4 @@ fn agreement() -> Result<Agreement> {
 }
 
 /// The default output directory, relative to the repository root.
-pub fn default_out_dir() -> &'static Path {
-    Path::new("book/generated")
-}
+pub const DEFAULT_OUT_DIR: &str = "book/generated";

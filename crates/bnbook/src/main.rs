@@ -38,7 +38,7 @@ enum Command {
 #[derive(Args)]
 struct FiguresArgs {
     /// Output directory.
-    #[arg(long, default_value = "book/generated")]
+    #[arg(long, default_value = bnbook::figures::DEFAULT_OUT_DIR)]
     out: PathBuf,
     /// Epochs per training run.
     #[arg(long, default_value_t = 10)]

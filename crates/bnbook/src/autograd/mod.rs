@@ -35,8 +35,6 @@ mod loss;
 mod ops;
 pub mod profile;
 
-pub use ops::sum_to_shape;
-
 use ndarray::ArrayD;
 use std::cell::{Ref, RefCell, RefMut};
 use std::collections::HashSet;

@@ -8,19 +8,6 @@ use super::{BackwardContext, Tensor, kernels};
 use ndarray::{ArrayD, Ix2, IxDyn};
 use std::ops;
 
-/// Sums `g` down to `shape`, undoing NumPy-style broadcasting.
-///
-/// Broadcasting copies an input along some axes; in the backward pass the
-/// copies' gradients must be added back together: leading axes that the
-/// input did not have are summed away, and axes where the input had size 1
-/// are summed with the axis kept.
-pub fn sum_to_shape(g: ArrayD<f32>, shape: &[usize]) -> ArrayD<f32> {
-    if g.shape() == shape {
-        return g;
-    }
-    kernels::reduce_to(&g, shape)
-}
-
 /// The shape two arrays broadcast to, or a panic that names the operation.
 fn broadcast_shape(op: &str, a: &[usize], b: &[usize]) -> Vec<usize> {
     let n = a.len().max(b.len());
@@ -359,7 +346,7 @@ impl Tensor {
 }
 
 /// A 2-D view of a dynamic-rank array, or a panic naming the operation.
-pub(super) fn as_matrix<'a>(op: &str, a: &'a ArrayD<f32>) -> ndarray::ArrayView2<'a, f32> {
+fn as_matrix<'a>(op: &str, a: &'a ArrayD<f32>) -> ndarray::ArrayView2<'a, f32> {
     a.view()
         .into_dimensionality::<Ix2>()
         .unwrap_or_else(|_| panic!("{op}: expected a 2-D tensor, got shape {:?}", a.shape()))
