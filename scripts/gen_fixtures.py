@@ -1,16 +1,23 @@
 #!/usr/bin/env python3
-"""Generate PyTorch reference fixtures for the bnbook batch-norm tests.
+"""Generate PyTorch reference fixtures for the bnbook normalisation tests.
 
-Writes crates/bnbook/tests/fixtures/batchnorm_pytorch.json: a few small
-batch-norm cases (torch.nn.BatchNorm1d / BatchNorm2d, and a from-scratch
-batch norm with d2l's conventions), each run for three training steps and one
-evaluation step, with inputs, outputs, gradients and running statistics.
-The Rust tests read this file; they never run Python. This script is run by
+Writes two files into crates/bnbook/tests/fixtures/:
+
+* batchnorm_pytorch.json: a few small batch-norm cases (torch.nn.BatchNorm1d /
+  BatchNorm2d, and a from-scratch batch norm with d2l's conventions), each run
+  for three training steps and one evaluation step, with inputs, outputs,
+  gradients and running statistics;
+* norms_pytorch.json: small torch.nn.LayerNorm / InstanceNorm2d / GroupNorm
+  cases, one forward and backward pass each.
+
+The Rust tests read these files; they never run Python. This script is run by
 hand, not in CI.
 
-File layout: {"generator", "torch_version", "numpy_version", "cases": [...]}.
-Every array is a flat row-major list of float32 values; "shape" gives the
-input shape, (N, C) or (N, C, H, W). Each case has:
+Both files: {"generator", "torch_version", "numpy_version", "cases": [...]}.
+Every array is a flat row-major list of float32 values.
+
+batchnorm_pytorch.json: "shape" gives the input shape, (N, C) or
+(N, C, H, W). Each case has:
   name, source ("torch.nn.BatchNorm1d" | "torch.nn.BatchNorm2d" | "d2l_scratch"),
   shape, num_features, eps,
   momentum        torch: weight of the NEW batch (null = cumulative average,
@@ -26,7 +33,24 @@ input shape, (N, C) or (N, C, H, W). Each case has:
                   num_batches_tracked}, with loss = (y * grad_y).sum()
   eval            {x, y}: evaluation mode after the 3 steps (running stats)
 
-Versions used to generate the committed JSON file:
+norms_pytorch.json: each case is one training-mode forward and backward pass
+of a freshly built module, loss = (y * grad_y).sum():
+  name,
+  layer           "LayerNorm" | "InstanceNorm2d" | "GroupNorm"
+  source          "torch.nn." + layer
+  args            the keyword arguments the module was built with; omitted
+                  ones (eps, affine, elementwise_affine) take torch's defaults
+  eps, affine     the module's effective eps, and whether it has weight/bias
+  shape           input shape
+  param_shape     shape of gamma and beta (null when affine is false)
+  gamma, beta     values copied into module.weight / module.bias (null when
+                  affine is false)
+  x, grad_y, y, grad_x, grad_gamma, grad_beta (the last two null when affine
+                  is false)
+These modules keep no running statistics: the script checks that the
+evaluation-mode output equals the training-mode one bit for bit.
+
+Versions used to generate the committed JSON files:
 
     Python 3.11.7, torch 2.15.0 (PyPI default wheel, reports 2.15.0+cu132,
     run on CPU only), numpy 2.4.6
@@ -60,7 +84,9 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO_ROOT / "crates" / "bnbook" / "tests" / "fixtures" / "batchnorm_pytorch.json"
+FIXTURES = REPO_ROOT / "crates" / "bnbook" / "tests" / "fixtures"
+DEFAULT_OUT = FIXTURES / "batchnorm_pytorch.json"
+DEFAULT_NORMS_OUT = FIXTURES / "norms_pytorch.json"
 GENERATOR = "scripts/gen_fixtures.py"
 EXPECTED_VERSIONS = {"torch": "2.15.0", "numpy": "2.4.6"}
 TRAIN_STEPS = 3
@@ -293,7 +319,117 @@ def scratch_case(name: str, seed: int, shape) -> dict:
 
 
 # --------------------------------------------------------------------------
-# The fixture file
+# torch.nn.LayerNorm / InstanceNorm2d / GroupNorm cases
+# --------------------------------------------------------------------------
+
+
+def norm_case(name: str, seed: int, shape, layer: str, args: dict, x_mean=2.0, x_std=3.0) -> dict:
+    """One forward and backward pass of torch.nn.<layer>(**args) on an input
+    drawn from N(x_mean, x_std²), with non-trivial gamma/beta when the module
+    has them. The module's own eps and affine flag are recorded, so a case
+    that omits them pins down torch's defaults."""
+    rng = np.random.default_rng(seed)
+    x = normal(rng, shape, x_mean, x_std)
+    grad_y = normal(rng, shape, 0.0, 1.0)
+    module = getattr(torch.nn, layer)(**args).to(torch.float32)
+    affine = module.weight is not None
+    assert (module.bias is not None) == affine, name
+    assert getattr(module, "running_mean", None) is None, f"{name}: no running stats"
+
+    gamma = beta = param_shape = None
+    if affine:
+        param_shape = list(module.weight.shape)
+        size = int(np.prod(param_shape))
+        gamma = uniform(rng, size, 0.5, 1.5).reshape(param_shape)
+        beta = uniform(rng, size, -0.5, 0.5).reshape(param_shape)
+        with torch.no_grad():
+            module.weight.copy_(gamma)
+            module.bias.copy_(beta)
+
+    module.train()
+    x.requires_grad_(True)
+    y = module(x)
+    (y * grad_y).sum().backward()
+
+    module.eval()
+    with torch.no_grad():
+        y_eval = module(x)
+    assert torch.equal(y_eval, y.detach()), f"{name}: eval output differs from train output"
+
+    return {
+        "name": name,
+        "layer": layer,
+        "source": f"torch.nn.{layer}",
+        "args": args,
+        "eps": module.eps,
+        "affine": affine,
+        "shape": list(shape),
+        "param_shape": param_shape,
+        "gamma": flat(gamma) if affine else None,
+        "beta": flat(beta) if affine else None,
+        "x": flat(x),
+        "grad_y": flat(grad_y),
+        "y": flat(y),
+        "grad_x": flat(x.grad),
+        "grad_gamma": flat(module.weight.grad) if affine else None,
+        "grad_beta": flat(module.bias.grad) if affine else None,
+    }
+
+
+def build_norms() -> dict:
+    # The *_eps_1e_3 cases use inputs 1 ± 0.05: the variance 0.0025 makes eps
+    # 40 % of it, so an eps that is dropped or mixed up changes every output,
+    # and a mean of 20 standard deviations makes x − μ cancel (the Rust test's
+    # tolerance allows for that).
+    small = {"x_mean": 1.0, "x_std": 0.05}
+    ln, inn, gn = "LayerNorm", "InstanceNorm2d", "GroupNorm"
+    cases = [
+        norm_case("layer_norm_features", 301, (4, 5), ln, {"normalized_shape": [5]}),
+        norm_case("layer_norm_chw", 302, (2, 3, 4, 5), ln, {"normalized_shape": [3, 4, 5]}),
+        norm_case("layer_norm_sequence", 303, (2, 3, 5), ln, {"normalized_shape": [5]}),
+        norm_case(
+            "layer_norm_no_affine", 304, (2, 3, 4, 5), ln,
+            {"normalized_shape": [4, 5], "elementwise_affine": False},
+        ),
+        norm_case(
+            "layer_norm_eps_1e_3", 305, (3, 8), ln,
+            {"normalized_shape": [8], "eps": 1e-3}, **small,
+        ),
+        norm_case("instance_norm_default", 311, (2, 3, 4, 4), inn, {"num_features": 3}),
+        norm_case(
+            "instance_norm_affine", 312, (2, 3, 4, 4), inn,
+            {"num_features": 3, "affine": True},
+        ),
+        norm_case(
+            "instance_norm_eps_1e_3", 313, (2, 3, 3, 5), inn,
+            {"num_features": 3, "eps": 1e-3, "affine": True}, **small,
+        ),
+        norm_case("group_norm_g1", 321, (2, 6, 3, 3), gn, {"num_groups": 1, "num_channels": 6}),
+        norm_case("group_norm_g2", 322, (2, 6, 3, 3), gn, {"num_groups": 2, "num_channels": 6}),
+        norm_case("group_norm_g3", 323, (2, 6, 3, 3), gn, {"num_groups": 3, "num_channels": 6}),
+        norm_case("group_norm_g6", 324, (2, 6, 3, 3), gn, {"num_groups": 6, "num_channels": 6}),
+        norm_case("group_norm_rank2", 325, (3, 6), gn, {"num_groups": 2, "num_channels": 6}),
+        norm_case(
+            "group_norm_no_affine", 326, (2, 6, 2, 3), gn,
+            {"num_groups": 3, "num_channels": 6, "affine": False},
+        ),
+        norm_case(
+            "group_norm_eps_1e_3", 327, (2, 6, 3, 3), gn,
+            {"num_groups": 2, "num_channels": 6, "eps": 1e-3}, **small,
+        ),
+    ]
+    names = [c["name"] for c in cases]
+    assert len(names) == len(set(names)), "case names must be unique"
+    return {
+        "generator": GENERATOR,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "cases": cases,
+    }
+
+
+# --------------------------------------------------------------------------
+# The fixture files
 # --------------------------------------------------------------------------
 
 
@@ -448,18 +584,104 @@ def verify(path: Path) -> None:
     print(f"verified {len(data['cases'])} cases in {path}")
 
 
+# torch's defaults for the arguments a norms case may omit
+NORM_DEFAULT_AFFINE = {"LayerNorm": True, "InstanceNorm2d": False, "GroupNorm": True}
+NORM_AFFINE_ARG = {
+    "LayerNorm": "elementwise_affine",
+    "InstanceNorm2d": "affine",
+    "GroupNorm": "affine",
+}
+
+
+def norm_reference(case):
+    """y, grad_x, grad_gamma, grad_beta of one norms case, in float64: view
+    the input as rows of values that share one mean and variance, standardise
+    each row, then scale and shift."""
+    layer, args, shape = case["layer"], case["args"], tuple(case["shape"])
+    if layer == "LayerNorm":
+        ns = tuple(args["normalized_shape"])
+        d = len(ns)
+        assert shape[len(shape) - d:] == ns, case["name"]
+        rows = int(np.prod(shape[: len(shape) - d]))
+        param_shape, bshape = list(ns), ns  # trailing axes broadcast
+        sum_axes = tuple(range(len(shape) - d))
+    else:
+        c = args["num_features"] if layer == "InstanceNorm2d" else args["num_channels"]
+        assert shape[1] == c, case["name"]
+        if layer == "InstanceNorm2d":
+            assert len(shape) == 4, case["name"]
+            rows = shape[0] * c
+        else:
+            assert len(shape) >= 2 and c % args["num_groups"] == 0, case["name"]
+            rows = shape[0] * args["num_groups"]
+        param_shape, bshape = [c], (1, c) + (1,) * (len(shape) - 2)
+        sum_axes = tuple(a for a in range(len(shape)) if a != 1)
+    x = np.array(case["x"], dtype=np.float64).reshape(rows, -1)
+    dy = np.array(case["grad_y"], dtype=np.float64).reshape(shape)
+    mu = x.mean(axis=1, keepdims=True)
+    inv = 1.0 / np.sqrt(((x - mu) ** 2).mean(axis=1, keepdims=True) + case["eps"])
+    x_hat = ((x - mu) * inv).reshape(shape)
+    if case["affine"]:
+        assert case["param_shape"] == param_shape, case["name"]
+        gamma = np.array(case["gamma"]).reshape(bshape)
+        beta = np.array(case["beta"]).reshape(bshape)
+    else:
+        assert case["param_shape"] is None, case["name"]
+        gamma, beta = 1.0, 0.0
+    y = gamma * x_hat + beta
+    d_hat = (dy * gamma).reshape(rows, -1)
+    xh = x_hat.reshape(rows, -1)
+    dx = inv * (
+        d_hat - d_hat.mean(axis=1, keepdims=True) - xh * (d_hat * xh).mean(axis=1, keepdims=True)
+    )
+    dgamma = (dy * x_hat).sum(axis=sum_axes).reshape(-1)
+    dbeta = dy.sum(axis=sum_axes).reshape(-1)
+    return y, dx, dgamma, dbeta
+
+
+def verify_norms(path: Path) -> None:
+    data = json.loads(path.read_text())
+    assert data["generator"] == GENERATOR
+    for case in data["cases"]:
+        n, layer, args = case["name"], case["layer"], case["args"]
+        assert case["source"] == f"torch.nn.{layer}", n
+        assert case["eps"] == args.get("eps", EPS), n
+        assert case["affine"] == args.get(NORM_AFFINE_ARG[layer], NORM_DEFAULT_AFFINE[layer]), n
+        size = int(np.prod(case["shape"]))
+        for key in ("x", "grad_y", "y", "grad_x"):
+            assert len(case[key]) == size, (n, key)
+        y, dx, dg, db = norm_reference(case)
+        close(f"{n} y", case["y"], y)
+        close(f"{n} grad_x", case["grad_x"], dx)
+        for key, want in (("gamma", None), ("beta", None), ("grad_gamma", dg), ("grad_beta", db)):
+            if not case["affine"]:
+                assert case[key] is None, (n, key)
+                continue
+            assert len(case[key]) == int(np.prod(case["param_shape"])), (n, key)
+            if want is not None:
+                close(f"{n} {key}", case[key], want)
+        print(f"ok  {n}")
+    print(f"verified {len(data['cases'])} cases in {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output JSON path")
-    ap.add_argument("--verify", action="store_true", help="only re-check an existing file")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="batch-norm JSON path")
+    ap.add_argument(
+        "--norms-out", type=Path, default=DEFAULT_NORMS_OUT,
+        help="layer/instance/group-norm JSON path",
+    )
+    ap.add_argument("--verify", action="store_true", help="only re-check the existing files")
     args = ap.parse_args()
     if not args.verify:
         setup_torch()
         warn_on_version_drift()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(dumps(build()) + "\n")
-        print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
+        for out, contents in ((args.out, build), (args.norms_out, build_norms)):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(dumps(contents()) + "\n")
+            print(f"wrote {out} ({out.stat().st_size} bytes)")
     verify(args.out)
+    verify_norms(args.norms_out)
 
 
 if __name__ == "__main__":

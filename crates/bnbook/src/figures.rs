@@ -61,13 +61,24 @@ pub struct Manifest {
     pub artefacts: Vec<Artefact>,
 }
 
-struct Writer {
+/// Writes artefacts into a directory and remembers them for the manifest.
+pub(crate) struct Writer {
     out: PathBuf,
-    artefacts: Vec<Artefact>,
+    pub(crate) artefacts: Vec<Artefact>,
 }
 
 impl Writer {
-    fn write(&mut self, file: &str, description: &str, contents: &str) -> Result<()> {
+    /// Creates `out` if needed.
+    pub(crate) fn new(out: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(out)
+            .map_err(|e| Error::InvalidArgument(format!("cannot create {}: {e}", out.display())))?;
+        Ok(Writer {
+            out: out.to_path_buf(),
+            artefacts: Vec::new(),
+        })
+    }
+
+    pub(crate) fn write(&mut self, file: &str, description: &str, contents: &str) -> Result<()> {
         let path = self.out.join(file);
         std::fs::write(&path, contents)
             .map_err(|e| Error::InvalidArgument(format!("cannot write {}: {e}", path.display())))?;
@@ -79,13 +90,18 @@ impl Writer {
         Ok(())
     }
 
-    fn json(&mut self, file: &str, description: &str, value: &impl Serialize) -> Result<()> {
+    pub(crate) fn json(
+        &mut self,
+        file: &str,
+        description: &str,
+        value: &impl Serialize,
+    ) -> Result<()> {
         let text = serde_json::to_string_pretty(value)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         self.write(file, description, &(text + "\n"))
     }
 
-    fn svg(&mut self, file: &str, description: &str, svg: &Svg) -> Result<()> {
+    pub(crate) fn svg(&mut self, file: &str, description: &str, svg: &Svg) -> Result<()> {
         self.write(file, description, svg.as_str())
     }
 }
@@ -106,13 +122,7 @@ fn series(label: String, h: &History, f: Metric) -> Series {
 /// # Errors
 /// If the data cannot be loaded, a run fails, or a file cannot be written.
 pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> Result<Manifest> {
-    std::fs::create_dir_all(&config.out).map_err(|e| {
-        Error::InvalidArgument(format!("cannot create {}: {e}", config.out.display()))
-    })?;
-    let mut w = Writer {
-        out: config.out.clone(),
-        artefacts: Vec::new(),
-    };
+    let mut w = Writer::new(&config.out)?;
     let run = |model: ModelKind, seed: u64| -> Result<(crate::nn::Sequential, History)> {
         let cfg = TrainConfig {
             epochs: config.epochs,

@@ -11,6 +11,8 @@
 //! * [`concise`] — the fused batch-norm layers `BatchNorm1d`/`BatchNorm2d`
 //!   with a hand-derived backward and PyTorch's conventions (chapter
 //!   "Concise BN");
+//! * [`norms`] — layer norm, instance norm and group norm, fused and
+//!   composed (chapter "BatchNorm, LayerNorm, InstanceNorm, GroupNorm");
 //! * [`gradcheck`] — finite-difference gradient checking, used by the tests
 //!   and by the book to show that every backward pass is right;
 //! * [`data`] — the Fashion-MNIST loader (find, verify, download, batch);
@@ -18,6 +20,7 @@
 //! * [`train`] — d2l's training loop, with history and throughput;
 //! * [`plot`] — SVG figures that also display inline in notebooks;
 //! * [`bench`](mod@bench) — timing of training steps;
+//! * [`compare`] — the experiments comparing the four normalisations;
 //! * [`figures`] — every figure and table of the book, from one command.
 //!
 //! The crate re-exports [`ndarray`] so that notebooks and examples use exactly
@@ -31,6 +34,7 @@ pub use rand;
 
 pub mod autograd;
 pub mod bench;
+pub mod compare;
 pub mod concise;
 pub mod data;
 pub mod error;
@@ -38,6 +42,7 @@ pub mod figures;
 pub mod gradcheck;
 pub mod models;
 pub mod nn;
+pub mod norms;
 pub mod plot;
 pub mod scratch;
 pub mod train;

@@ -33,6 +33,47 @@ enum Command {
     /// Regenerate every figure, table and number of the book (trains all
     /// models; about 10 minutes on 2 cores).
     Figures(FiguresArgs),
+    /// Regenerate the figures and tables of the chapter comparing batch,
+    /// layer, instance and group norm (invariances, timing, accuracy per
+    /// normalisation, batch-size sweep; about 30 minutes on 2 cores).
+    Norms(NormsArgs),
+}
+
+#[derive(Args)]
+struct NormsArgs {
+    /// Output directory.
+    #[arg(long, default_value = bnbook::compare::DEFAULT_OUT_DIR)]
+    out: PathBuf,
+    /// Epochs of the accuracy comparison at batch 256.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Seeds of the accuracy comparison, comma-separated.
+    #[arg(long, default_value = "0,1,2", value_delimiter = ',')]
+    seeds: Vec<u64>,
+    /// Accuracy comparison: use only the first N training and test examples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Batch sizes of the sweep, comma-separated.
+    #[arg(long, default_value = "2,4,8,16,32,64,128,256", value_delimiter = ',')]
+    sweep_batch_sizes: Vec<usize>,
+    /// Epochs of every sweep run.
+    #[arg(long, default_value_t = 3)]
+    sweep_epochs: usize,
+    /// Seeds of the sweep, comma-separated.
+    #[arg(long, default_value = "0", value_delimiter = ',')]
+    sweep_seeds: Vec<u64>,
+    /// Sweep: use only the first N training and test examples.
+    #[arg(long)]
+    sweep_limit: Option<usize>,
+    /// Timed repetitions per layer and shape.
+    #[arg(long, default_value_t = 20)]
+    timing_repeats: usize,
+    /// Directory with the four Fashion-MNIST files (searched first).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Threads for matrix products and element-wise loops [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -63,7 +104,8 @@ struct FiguresArgs {
 #[derive(Args)]
 struct Common {
     /// Which network: lenet-bn (scratch BN), lenet-bn-concise (fused BN),
-    /// lenet (no BN), lenet-bn-maxpool.
+    /// lenet (d2l's plain LeNet), lenet-bn-maxpool, lenet-no-norm (LeNet-BN's
+    /// layout without normalisation), lenet-ln, lenet-in, lenet-gn.
     #[arg(long, default_value = "lenet-bn")]
     model: ModelKind,
     /// Threads for matrix products and element-wise loops [default: all cores].
@@ -154,6 +196,7 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Train(args) => train(args),
         Command::Figures(args) => figures(args),
+        Command::Norms(args) => norms(args),
         Command::Bench(args) => {
             set_threads(args.common.threads)?;
             let report =
@@ -229,15 +272,8 @@ fn figures(args: FiguresArgs) -> Result<(), String> {
     if args.epochs == 0 {
         return Err("--epochs must be at least 1".into());
     }
-    let mut options = LoadOptions::default();
-    if let Some(dir) = &args.data_dir {
-        options = options.with_dir(dir);
-    }
-    let data = FashionMnist::load(&options).map_err(|e| e.to_string())?;
-    let command = std::iter::once("bnbook".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let data = load(args.data_dir.as_ref())?;
+    let command = command_line();
     let config = bnbook::figures::FiguresConfig {
         out: args.out,
         epochs: args.epochs,
@@ -247,6 +283,59 @@ fn figures(args: FiguresArgs) -> Result<(), String> {
     };
     let manifest =
         bnbook::figures::generate(&data, &config, &command).map_err(|e| e.to_string())?;
+    println!(
+        "{} files written to {}",
+        manifest.artefacts.len(),
+        config.out.display()
+    );
+    Ok(())
+}
+
+fn load(data_dir: Option<&PathBuf>) -> Result<FashionMnist, String> {
+    let mut options = LoadOptions::default();
+    if let Some(dir) = data_dir {
+        options = options.with_dir(dir);
+    }
+    FashionMnist::load(&options).map_err(|e| e.to_string())
+}
+
+/// The command as typed, recorded in the manifests.
+fn command_line() -> String {
+    std::iter::once("bnbook".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn norms(args: NormsArgs) -> Result<(), String> {
+    set_threads(args.threads)?;
+    if args.seeds.is_empty() || args.sweep_seeds.is_empty() {
+        return Err("--seeds and --sweep-seeds need at least one seed each".into());
+    }
+    if args.epochs == 0 || args.sweep_epochs == 0 {
+        return Err("--epochs and --sweep-epochs must be at least 1".into());
+    }
+    if args.sweep_batch_sizes.is_empty() || args.sweep_batch_sizes.contains(&0) {
+        return Err("--sweep-batch-sizes needs one or more sizes, each at least 1".into());
+    }
+    if args.timing_repeats == 0 {
+        return Err("--timing-repeats must be at least 1".into());
+    }
+    let data = load(args.data_dir.as_ref())?;
+    let config = bnbook::compare::CompareConfig {
+        out: args.out,
+        epochs: args.epochs,
+        seeds: args.seeds,
+        limit: args.limit,
+        sweep_batch_sizes: args.sweep_batch_sizes,
+        sweep_epochs: args.sweep_epochs,
+        sweep_seeds: args.sweep_seeds,
+        sweep_limit: args.sweep_limit,
+        timing_repeats: args.timing_repeats,
+        ..Default::default()
+    };
+    let manifest =
+        bnbook::compare::generate(&data, &config, &command_line()).map_err(|e| e.to_string())?;
     println!(
         "{} files written to {}",
         manifest.artefacts.len(),

@@ -7,7 +7,8 @@
 
 use crate::concise::{BatchNorm1d, BatchNorm2d};
 use crate::error::{Error, Result};
-use crate::nn::{AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Sequential, Sigmoid};
+use crate::nn::{AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, Sequential, Sigmoid};
+use crate::norms::{GroupNorm, Implementation, InstanceNorm2d, LayerNorm, NormOptions};
 use crate::scratch::BatchNorm;
 use rand::Rng;
 use std::fmt;
@@ -27,15 +28,38 @@ pub enum ModelKind {
     /// LeNet-BN with max-pooling instead of average pooling, as two of the
     /// seed texts write it — a second change that confounds "BN vs no BN".
     LenetBnMaxpool,
+    /// LeNet-BN's architecture with no normalisation at all: the baseline of
+    /// the comparison of normalisations (lr 1.0 like the others).
+    LenetNoNorm,
+    /// Layer norm in every slot of batch norm: group norm with one group
+    /// (per-channel γ, β) after convolutions, `LayerNorm([F])` after fully
+    /// connected layers — the same thing for an `(N, F)` input.
+    LenetLn,
+    /// Instance norm (with affine γ, β, like the batch norm it replaces)
+    /// after convolutions. After fully connected layers a channel has a
+    /// single value, which instance norm would set to 0, so those slots use
+    /// layer norm.
+    LenetIn,
+    /// Group norm with [`GROUPS`] groups in every slot (convolutional and
+    /// fully connected).
+    LenetGn,
 }
+
+/// The number of groups of `lenet-gn`: 2 is the only choice besides 1 that
+/// divides all of LeNet's widths 6, 16, 120 and 84.
+pub const GROUPS: usize = 2;
 
 impl ModelKind {
     /// Every model, in the order the book introduces them.
-    pub const ALL: [ModelKind; 4] = [
+    pub const ALL: [ModelKind; 8] = [
         ModelKind::LenetBn,
         ModelKind::LenetBnConcise,
         ModelKind::Lenet,
         ModelKind::LenetBnMaxpool,
+        ModelKind::LenetNoNorm,
+        ModelKind::LenetLn,
+        ModelKind::LenetIn,
+        ModelKind::LenetGn,
     ];
 
     /// The command-line name, e.g. `lenet-bn`.
@@ -45,14 +69,45 @@ impl ModelKind {
             ModelKind::LenetBnConcise => "lenet-bn-concise",
             ModelKind::Lenet => "lenet",
             ModelKind::LenetBnMaxpool => "lenet-bn-maxpool",
+            ModelKind::LenetNoNorm => "lenet-no-norm",
+            ModelKind::LenetLn => "lenet-ln",
+            ModelKind::LenetIn => "lenet-in",
+            ModelKind::LenetGn => "lenet-gn",
         }
     }
 
-    /// d2l's learning rate for this model: 1.0 with batch norm, 0.9 without.
+    /// d2l's learning rate for this model: 0.9 for the plain LeNet, 1.0 for
+    /// every LeNet-BN-shaped network (with any normalisation or none).
     pub fn default_lr(self) -> f32 {
         match self {
             ModelKind::Lenet => 0.9,
             _ => 1.0,
+        }
+    }
+
+    /// The normalisation of a LeNet-BN-shaped model with average pooling
+    /// (`None` for `lenet` and `lenet-bn-maxpool`).
+    pub fn normalization(self) -> Option<(Normalization, Implementation)> {
+        Some(match self {
+            ModelKind::LenetBn => (Normalization::Batch, COMPOSED),
+            ModelKind::LenetBnConcise => (Normalization::Batch, Implementation::Fused),
+            ModelKind::LenetNoNorm => (Normalization::None, Implementation::Fused),
+            ModelKind::LenetLn => (Normalization::Layer, Implementation::Fused),
+            ModelKind::LenetIn => (Normalization::Instance, Implementation::Fused),
+            ModelKind::LenetGn => (Normalization::Group, Implementation::Fused),
+            ModelKind::Lenet | ModelKind::LenetBnMaxpool => return None,
+        })
+    }
+
+    /// The model with this normalisation (fused where there is a choice,
+    /// the concise batch norm for [`Normalization::Batch`]).
+    pub fn with_normalization(norm: Normalization) -> ModelKind {
+        match norm {
+            Normalization::None => ModelKind::LenetNoNorm,
+            Normalization::Batch => ModelKind::LenetBnConcise,
+            Normalization::Layer => ModelKind::LenetLn,
+            Normalization::Instance => ModelKind::LenetIn,
+            Normalization::Group => ModelKind::LenetGn,
         }
     }
 
@@ -63,10 +118,12 @@ impl ModelKind {
     /// layer constructors.
     pub fn build<R: Rng + ?Sized>(self, rng: &mut R) -> Result<Sequential> {
         match self {
-            ModelKind::LenetBn => lenet_bn(rng, Pool::Average, Norm::Scratch),
-            ModelKind::LenetBnConcise => lenet_bn(rng, Pool::Average, Norm::Concise),
-            ModelKind::LenetBnMaxpool => lenet_bn(rng, Pool::Max, Norm::Scratch),
             ModelKind::Lenet => lenet(rng),
+            ModelKind::LenetBnMaxpool => lenet_bn(rng, Pool::Max, Normalization::Batch, COMPOSED),
+            _ => {
+                let (norm, implementation) = self.normalization().expect("LeNet-BN shaped");
+                lenet_with(norm, implementation, rng)
+            }
         }
     }
 }
@@ -99,53 +156,145 @@ enum Pool {
     Max,
 }
 
-#[derive(Clone, Copy)]
-enum Norm {
-    Scratch,
-    Concise,
+/// Which normalisation a LeNet-BN-shaped network has in its four slots
+/// (after both convolutions and the first two fully connected layers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Normalization {
+    /// No normalisation layer at all.
+    None,
+    /// Batch norm; [`Implementation::Composed`] is the from-scratch
+    /// [`BatchNorm`], [`Implementation::Fused`] the concise one with d2l's
+    /// conventions (the two train identically).
+    Batch,
+    /// Layer norm: group norm with one group (per-channel γ, β) after
+    /// convolutions, `LayerNorm([F])` after fully connected layers.
+    Layer,
+    /// Instance norm with affine γ, β after convolutions, layer norm after
+    /// fully connected layers (a feature vector has one value per channel).
+    Instance,
+    /// Group norm with [`GROUPS`] groups in every slot.
+    Group,
 }
 
-fn pool(kind: Pool) -> Result<Box<dyn crate::nn::Module>> {
+impl Normalization {
+    /// All five, in the order of the comparison chapter.
+    pub const ALL: [Normalization; 5] = [
+        Normalization::None,
+        Normalization::Batch,
+        Normalization::Layer,
+        Normalization::Instance,
+        Normalization::Group,
+    ];
+
+    /// Short label: `none`, `BN`, `LN`, `IN`, `GN`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Normalization::None => "none",
+            Normalization::Batch => "BN",
+            Normalization::Layer => "LN",
+            Normalization::Instance => "IN",
+            Normalization::Group => "GN",
+        }
+    }
+
+    /// The normalisation layer for a slot with `features` features (`rank`
+    /// 2, after a fully connected layer) or channels (`rank` 4, after a
+    /// convolution); `None` for [`Normalization::None`].
+    ///
+    /// # Errors
+    /// If `features` is 0, or `rank` is neither 2 nor 4.
+    pub fn layer(
+        self,
+        features: usize,
+        rank: usize,
+        implementation: Implementation,
+    ) -> Result<Option<Box<dyn Module>>> {
+        if rank != 2 && rank != 4 {
+            return Err(Error::InvalidArgument(format!(
+                "normalisation slot: rank must be 2 (fully connected) or 4 (convolutional), got {rank}"
+            )));
+        }
+        let d2l = crate::concise::BatchNormOptions::d2l();
+        let options = NormOptions::default().with_implementation(implementation);
+        let fc = rank == 2;
+        Ok(Some(match (self, implementation) {
+            (Normalization::None, _) => return Ok(None),
+            (Normalization::Batch, Implementation::Composed) => {
+                Box::new(BatchNorm::new(features, rank)?)
+            }
+            (Normalization::Batch, Implementation::Fused) if fc => {
+                Box::new(BatchNorm1d::with_options(features, d2l)?)
+            }
+            (Normalization::Batch, Implementation::Fused) => {
+                Box::new(BatchNorm2d::with_options(features, d2l)?)
+            }
+            (Normalization::Layer, _) => Box::new(GroupNorm::with_options(1, features, options)?),
+            (Normalization::Instance, _) if fc => {
+                Box::new(LayerNorm::with_options(&[features], options)?)
+            }
+            (Normalization::Instance, _) => {
+                Box::new(InstanceNorm2d::with_options(features, options)?)
+            }
+            (Normalization::Group, _) => {
+                Box::new(GroupNorm::with_options(GROUPS, features, options)?)
+            }
+        }))
+    }
+}
+
+fn pool(kind: Pool) -> Result<Box<dyn Module>> {
     Ok(match kind {
         Pool::Average => Box::new(AvgPool2d::new(2, 2)?),
         Pool::Max => Box::new(MaxPool2d::new(2, 2)?),
     })
 }
 
-/// Batch norm for `features` features (`rank` 2) or channels (`rank` 4).
-fn norm(kind: Norm, features: usize, rank: usize) -> Result<Box<dyn crate::nn::Module>> {
-    Ok(match (kind, rank) {
-        (Norm::Scratch, _) => Box::new(BatchNorm::new(features, rank)?),
-        (Norm::Concise, 2) => Box::new(BatchNorm1d::with_options(
-            features,
-            crate::concise::BatchNormOptions::d2l(),
-        )?),
-        (Norm::Concise, _) => Box::new(BatchNorm2d::with_options(
-            features,
-            crate::concise::BatchNormOptions::d2l(),
-        )?),
-    })
+const COMPOSED: Implementation = Implementation::Composed;
+
+/// LeNet-BN's architecture with `norm` in every normalisation slot (average
+/// pooling, Xavier-uniform weights from `rng`).
+///
+/// # Errors
+/// Never for this fixed architecture; the `Result` comes from the layer
+/// constructors.
+pub fn lenet_with<R: Rng + ?Sized>(
+    norm: Normalization,
+    implementation: Implementation,
+    rng: &mut R,
+) -> Result<Sequential> {
+    lenet_bn(rng, Pool::Average, norm, implementation)
+}
+
+fn push_norm(net: &mut Sequential, layer: Option<Box<dyn Module>>) {
+    if let Some(layer) = layer {
+        net.push_boxed(layer);
+    }
 }
 
 // ANCHOR: lenet_bn
 /// LeNet with batch norm: Conv(1→6, 5×5) BN σ Pool, Conv(6→16, 5×5) BN σ
 /// Pool, Flatten, Linear(256→120) BN σ, Linear(120→84) BN σ, Linear(84→10).
-fn lenet_bn<R: Rng + ?Sized>(rng: &mut R, pooling: Pool, bn: Norm) -> Result<Sequential> {
+fn lenet_bn<R: Rng + ?Sized>(
+    rng: &mut R,
+    pooling: Pool,
+    norm: Normalization,
+    implementation: Implementation,
+) -> Result<Sequential> {
     let mut net = Sequential::new();
     net.push(Conv2d::new(1, 6, 5, rng)?); // (N, 6, 24, 24)
-    net.push_boxed(norm(bn, 6, 4)?);
+    push_norm(&mut net, norm.layer(6, 4, implementation)?);
     net.push(Sigmoid);
     net.push_boxed(pool(pooling)?); // (N, 6, 12, 12)
     net.push(Conv2d::new(6, 16, 5, rng)?); // (N, 16, 8, 8)
-    net.push_boxed(norm(bn, 16, 4)?);
+    push_norm(&mut net, norm.layer(16, 4, implementation)?);
     net.push(Sigmoid);
     net.push_boxed(pool(pooling)?); // (N, 16, 4, 4)
     net.push(Flatten); // (N, 256)
     net.push(Linear::new(16 * 4 * 4, 120, rng)?);
-    net.push_boxed(norm(bn, 120, 2)?);
+    push_norm(&mut net, norm.layer(120, 2, implementation)?);
     net.push(Sigmoid);
     net.push(Linear::new(120, 84, rng)?);
-    net.push_boxed(norm(bn, 84, 2)?);
+    push_norm(&mut net, norm.layer(84, 2, implementation)?);
     net.push(Sigmoid);
     net.push(Linear::new(84, 10, rng)?);
     Ok(net)

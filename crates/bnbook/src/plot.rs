@@ -62,11 +62,33 @@ const COLORS: [RGBColor; 6] = [
 ///
 /// # Errors
 /// If there is nothing to draw.
-pub fn line_chart(
+pub fn line_chart(title: &str, x_label: &str, series: &[Series], size: (u32, u32)) -> Result<Svg> {
+    let integer_x = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .all(|p| p.0.fract() == 0.0);
+    let format = |x: f64| {
+        if integer_x {
+            format!("{x:.0}")
+        } else {
+            format!("{x}")
+        }
+    };
+    line_chart_with_x_labels(title, x_label, series, size, &format)
+}
+
+/// [`line_chart`] with the x-axis tick labels written by `x_format`, e.g.
+/// `|x| format!("{}", 2f64.powf(x))` for points placed at `log2` of a batch
+/// size.
+///
+/// # Errors
+/// If there is nothing to draw.
+pub fn line_chart_with_x_labels(
     title: &str,
     x_label: &str,
     series: &[Series],
     (width, height): (u32, u32),
+    x_format: &dyn Fn(f64) -> String,
 ) -> Result<Svg> {
     let all = || series.iter().flat_map(|s| s.points.iter());
     if all().next().is_none() {
@@ -100,17 +122,10 @@ pub fn line_chart(
             .y_label_area_size(40)
             .build_cartesian_2d(x_range, (y_min - pad)..(y_max + headroom))
             .map_err(plot_error)?;
-        let integer_x = all().all(|p| p.0.fract() == 0.0);
         chart
             .configure_mesh()
             .x_desc(x_label)
-            .x_label_formatter(&|x| {
-                if integer_x {
-                    format!("{x:.0}")
-                } else {
-                    format!("{x}")
-                }
-            })
+            .x_label_formatter(&|x| x_format(*x))
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(plot_error)?;

@@ -6,7 +6,7 @@
 //! `BNBOOK_SKIP_REAL_DATA=1`.
 
 use bnbook::data::{FashionMnist, LoadOptions};
-use bnbook::models::ModelKind;
+use bnbook::models::{ModelKind, Normalization};
 use bnbook::train::{History, TrainConfig, train_model};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -65,9 +65,13 @@ fn every_model_learns_in_two_short_epochs() {
         let (first, last) = (&h.history[0], h.last().unwrap());
         assert_eq!(h.train_examples, 10_000);
         assert_eq!(h.test_examples, 10_000);
-        if model == ModelKind::Lenet {
+        let batch_norm = matches!(model.normalization(), Some((Normalization::Batch, _)))
+            || model == ModelKind::LenetBnMaxpool;
+        if !batch_norm {
             // sigmoid LeNet without BN famously sits near chance at first (d2l,
-            // and PyTorch here: test acc 0.11 after epoch 1); only ask for progress
+            // and PyTorch here: test acc 0.11 after epoch 1), and so do the
+            // other normalisations at lr 1.0 for the first ~100 steps (chapter
+            // "BatchNorm, LayerNorm, ..."); only ask for progress
             assert!(
                 last.loss < first.loss + 1e-3,
                 "{model}: loss {first:?} -> {last:?}"

@@ -1,0 +1,670 @@
+//! The experiments that compare batch, layer, instance and group norm, and
+//! the command that writes their figures and tables:
+//! `bnbook norms --out book/generated/norms`.
+//!
+//! *Book: chapter "BatchNorm, LayerNorm, InstanceNorm, GroupNorm".*
+//!
+//! Every experiment changes one factor at a time:
+//!
+//! * [`invariance_table`] — which transformations of the weights or the data
+//!   leave batch norm's and layer norm's outputs unchanged (the table of
+//!   Ba, Kiros & Hinton, 2016), measured;
+//! * [`accuracy_runs`] — LeNet with each normalisation (or none), same
+//!   architecture, learning rate, batch size, seeds and epochs;
+//! * [`batch_size_sweep`] — batch sizes 2 … 256 for batch, group and layer
+//!   norm, learning rate scaled linearly with the batch size (Goyal et al.,
+//!   2017), same number of epochs (the experiment of Wu & He, 2018);
+//! * [`timing`] — forward + backward time of each layer at LeNet's shapes,
+//!   fused and composed.
+
+use crate::autograd::Tensor;
+use crate::concise::{BatchNorm1d, BatchNormOptions};
+use crate::data::FashionMnist;
+use crate::error::Result;
+use crate::figures::{Manifest, Writer};
+use crate::gradcheck::random_input;
+use crate::models::{ModelKind, Normalization};
+use crate::nn::{Mode, Module};
+use crate::norms::{Implementation, LayerNorm, NormOptions};
+use crate::plot::{Series, line_chart, line_chart_with_x_labels};
+use crate::train::{History, TrainConfig, train_model};
+use ndarray::{Array2, ArrayD, Axis};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The default output directory, relative to the repository root.
+pub const DEFAULT_OUT_DIR: &str = "book/generated/norms";
+
+/// What to run. `Default` is the book's full-size setting.
+#[derive(Clone, Debug)]
+pub struct CompareConfig {
+    /// Where to write.
+    pub out: PathBuf,
+    /// Epochs of the accuracy comparison at batch 256 (d2l's 10).
+    pub epochs: usize,
+    /// Seeds of the accuracy comparison.
+    pub seeds: Vec<u64>,
+    /// Train and test on the first `n` examples only (quick checks).
+    pub limit: Option<usize>,
+    /// Batch sizes of the sweep.
+    pub sweep_batch_sizes: Vec<usize>,
+    /// Normalisations of the sweep.
+    pub sweep_norms: Vec<Normalization>,
+    /// Epochs of every sweep run (the same for every batch size).
+    pub sweep_epochs: usize,
+    /// Seeds of the sweep.
+    pub sweep_seeds: Vec<u64>,
+    /// Example limit of the sweep runs.
+    pub sweep_limit: Option<usize>,
+    /// Timed repetitions per layer and shape.
+    pub timing_repeats: usize,
+}
+
+impl Default for CompareConfig {
+    fn default() -> Self {
+        CompareConfig {
+            out: PathBuf::from(DEFAULT_OUT_DIR),
+            epochs: 10,
+            seeds: vec![0, 1, 2],
+            limit: None,
+            sweep_batch_sizes: vec![2, 4, 8, 16, 32, 64, 128, 256],
+            sweep_norms: vec![
+                Normalization::Batch,
+                Normalization::Group,
+                Normalization::Layer,
+            ],
+            sweep_epochs: 3,
+            sweep_seeds: vec![0],
+            sweep_limit: None,
+            timing_repeats: 20,
+        }
+    }
+}
+
+// ----- invariances -----
+
+/// How one transformation changes the outputs of batch norm and layer norm
+/// (no affine part) after a fully connected layer `a = x·W`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Invariance {
+    /// What was transformed.
+    pub transformation: String,
+    /// Largest change of any batch-norm output.
+    pub batch_norm_change: f32,
+    /// Largest change of any layer-norm output.
+    pub layer_norm_change: f32,
+    /// Ba, Kiros & Hinton (2016), Table 1: is batch norm invariant?
+    pub batch_norm_invariant_in_paper: bool,
+    /// The same for layer norm.
+    pub layer_norm_invariant_in_paper: bool,
+}
+
+/// Changes below this count as "unchanged": ε = 1e-5 in the variance and
+/// `f32` rounding make exact invariance impossible (measured changes are
+/// below 1e-4); real changes are of order 0.1–1.
+pub const INVARIANCE_THRESHOLD: f32 = 1e-3;
+
+impl Invariance {
+    /// Whether the measured batch-norm change is below [`INVARIANCE_THRESHOLD`].
+    pub fn batch_norm_invariant(&self) -> bool {
+        self.batch_norm_change < INVARIANCE_THRESHOLD
+    }
+    /// Whether the measured layer-norm change is below [`INVARIANCE_THRESHOLD`].
+    pub fn layer_norm_invariant(&self) -> bool {
+        self.layer_norm_change < INVARIANCE_THRESHOLD
+    }
+}
+
+/// Batch-norm and layer-norm outputs for inputs `x` `(N, D)` and weights
+/// `w` `(D, H)`, both without γ and β, in training mode.
+fn normalised(x: &Array2<f32>, w: &Array2<f32>) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+    let units = w.ncols();
+    let a = Tensor::new(x.clone().into_dyn()).matmul(&Tensor::new(w.clone().into_dyn()));
+    let mut bn = BatchNorm1d::with_options(
+        units,
+        BatchNormOptions {
+            affine: false,
+            ..BatchNormOptions::d2l()
+        },
+    )?;
+    let mut ln = LayerNorm::with_options(
+        &[units],
+        NormOptions {
+            affine: false,
+            ..NormOptions::default()
+        },
+    )?;
+    let y_bn = bn.forward(&a, Mode::Train)?.value().clone();
+    let y_ln = ln.forward(&a, Mode::Train)?.value().clone();
+    Ok((y_bn, y_ln))
+}
+
+fn max_change(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    a.iter()
+        .zip(b.iter())
+        .fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// A seeded random matrix with entries in [-1, 1).
+fn matrix(shape: &[usize; 2], seed: u64) -> Array2<f32> {
+    random_input(shape, -1.0, 1.0, seed)
+        .into_dimensionality()
+        .expect("rank 2")
+}
+
+/// A transformation of `(x, W)`, with the paper's verdicts (BN, LN).
+type Transform = (
+    &'static str,
+    fn(&mut Array2<f32>, &mut Array2<f32>),
+    bool,
+    bool,
+);
+
+// ANCHOR: invariances
+/// Applies each transformation of the layer-norm paper's Table 1 to a random
+/// batch `x` (32 examples, 10 inputs) and weight matrix `W` (10 → 8 units),
+/// and measures how much the normalised outputs of `a = x·W` move.
+///
+/// # Errors
+/// Never in practice; the `Result` comes from the layer constructors.
+pub fn invariance_table() -> Result<Vec<Invariance>> {
+    let x = matrix(&[32, 10], 1) + 0.5; // inputs in [-0.5, 1.5)
+    let w = matrix(&[10, 8], 2);
+    let (bn, ln) = normalised(&x, &w)?;
+    let transforms: [Transform; 6] = [
+        (
+            "weight matrix re-scaling: W → 3·W",
+            |_, w| *w *= 3.0,
+            true,
+            true,
+        ),
+        (
+            "weight matrix re-centring: the same vector added to every unit's weights",
+            |_, w| *w += &matrix(&[10, 1], 3),
+            false,
+            true,
+        ),
+        (
+            "weight vector re-scaling: one unit's weights × 3",
+            |_, w| w.column_mut(0).mapv_inplace(|v| 3.0 * v),
+            true,
+            false,
+        ),
+        (
+            "data set re-scaling: every x → 3·x",
+            |x, _| *x *= 3.0,
+            true,
+            true,
+        ),
+        (
+            "data set re-centring: the same vector added to every x",
+            |x, _| *x += &matrix(&[1, 10], 4),
+            true,
+            false,
+        ),
+        (
+            "single example re-scaling: one x → 3·x",
+            |x, _| x.index_axis_mut(Axis(0), 0).mapv_inplace(|v| 3.0 * v),
+            false,
+            true,
+        ),
+    ];
+    transforms
+        .into_iter()
+        .map(|(name, transform, bn_paper, ln_paper)| {
+            let (mut x2, mut w2) = (x.clone(), w.clone());
+            transform(&mut x2, &mut w2);
+            let (bn2, ln2) = normalised(&x2, &w2)?;
+            Ok(Invariance {
+                transformation: name.to_string(),
+                batch_norm_change: max_change(&bn, &bn2),
+                layer_norm_change: max_change(&ln, &ln2),
+                batch_norm_invariant_in_paper: bn_paper,
+                layer_norm_invariant_in_paper: ln_paper,
+            })
+        })
+        .collect()
+}
+// ANCHOR_END: invariances
+
+// ----- training runs -----
+
+fn train_run(data: &FashionMnist, model: ModelKind, config: &TrainConfig) -> Result<History> {
+    let started = Instant::now();
+    let (_, history) = train_model(model, data, config, |r| {
+        println!(
+            "{model} batch {} lr {} seed {} epoch {}: loss {:.3}, train acc {:.3}, test acc {:.3}",
+            config.batch_size, config.lr, config.seed, r.epoch, r.loss, r.train_acc, r.test_acc
+        )
+    })?;
+    println!(
+        "{model} batch {} seed {}: {:.0} s",
+        config.batch_size,
+        config.seed,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(history)
+}
+
+/// LeNet with each normalisation (and none) at batch 256, lr 1.0, for every
+/// seed of `config`; histories in the order of [`Normalization::ALL`].
+///
+/// # Errors
+/// If a run fails.
+pub fn accuracy_runs(data: &FashionMnist, config: &CompareConfig) -> Result<Vec<History>> {
+    let mut runs = Vec::new();
+    for norm in Normalization::ALL {
+        let model = ModelKind::with_normalization(norm);
+        for &seed in &config.seeds {
+            let train = TrainConfig {
+                epochs: config.epochs,
+                seed,
+                limit: config.limit,
+                ..TrainConfig::d2l(model)
+            };
+            runs.push(train_run(data, model, &train)?);
+        }
+    }
+    Ok(runs)
+}
+
+/// One run of the batch-size sweep.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepRun {
+    /// `BN`, `GN` or `LN`.
+    pub normalization: String,
+    /// The full history (its `lr` and `batch_size` say what was run).
+    pub history: History,
+}
+
+// ANCHOR: sweep
+/// The learning rate for `batch_size` under the linear scaling rule, from
+/// the batch-256 value `base_lr`: `base_lr · batch_size / 256`.
+pub fn scaled_lr(base_lr: f32, batch_size: usize) -> f32 {
+    base_lr * batch_size as f32 / 256.0
+}
+
+/// Trains every normalisation of the sweep at every batch size, with the
+/// learning rate scaled linearly and the same number of epochs.
+///
+/// # Errors
+/// If a run fails.
+pub fn batch_size_sweep(data: &FashionMnist, config: &CompareConfig) -> Result<Vec<SweepRun>> {
+    let mut runs = Vec::new();
+    for &norm in &config.sweep_norms {
+        let model = ModelKind::with_normalization(norm);
+        for &batch_size in &config.sweep_batch_sizes {
+            for &seed in &config.sweep_seeds {
+                let train = TrainConfig {
+                    epochs: config.sweep_epochs,
+                    batch_size,
+                    lr: scaled_lr(model.default_lr(), batch_size),
+                    seed,
+                    limit: config.sweep_limit,
+                    progress: true,
+                };
+                runs.push(SweepRun {
+                    normalization: norm.label().to_string(),
+                    history: train_run(data, model, &train)?,
+                });
+            }
+        }
+    }
+    Ok(runs)
+}
+// ANCHOR_END: sweep
+
+// ----- timing -----
+
+/// LeNet's four normalisation slots at batch 256: after each convolution
+/// and after the first two fully connected layers.
+pub const LENET_SLOTS: [(&str, [usize; 4], usize); 4] = [
+    ("conv 1: (256, 6, 24, 24)", [256, 6, 24, 24], 4),
+    ("conv 2: (256, 16, 8, 8)", [256, 16, 8, 8], 4),
+    ("fc 1: (256, 120)", [256, 120, 1, 1], 2),
+    ("fc 2: (256, 84)", [256, 84, 1, 1], 2),
+];
+
+/// Forward + backward time of one normalisation at LeNet's shapes.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timing {
+    /// `BN`, `LN`, `IN` or `GN`.
+    pub normalization: String,
+    /// `fused` or `composed` (for batch norm: the concise and the scratch layer).
+    pub implementation: String,
+    /// Median milliseconds per slot, in the order of [`LENET_SLOTS`].
+    pub slot_ms: Vec<f64>,
+}
+
+impl Timing {
+    /// The time of all four slots together.
+    pub fn total_ms(&self) -> f64 {
+        self.slot_ms.iter().sum()
+    }
+}
+
+/// Times training-mode forward + backward of every normalisation layer the
+/// models use, both implementations, at [`LENET_SLOTS`] (median of
+/// `repeats` after one warm-up).
+///
+/// # Errors
+/// Never in practice; the `Result` comes from the layer constructors.
+pub fn timing(repeats: usize) -> Result<Vec<Timing>> {
+    let mut rows = Vec::new();
+    for norm in &Normalization::ALL[1..] {
+        for implementation in [Implementation::Composed, Implementation::Fused] {
+            let mut slot_ms = Vec::new();
+            for (i, (_, shape, rank)) in LENET_SLOTS.into_iter().enumerate() {
+                let shape = &shape[..rank];
+                let mut layer = norm
+                    .layer(shape[1], rank, implementation)?
+                    .expect("a normalisation");
+                let x = Tensor::parameter(random_input(shape, -2.0, 3.0, i as u64));
+                let upstream = random_input(shape, -1.0, 1.0, 10 + i as u64);
+                let mut times = Vec::with_capacity(repeats);
+                for _ in 0..=repeats {
+                    let start = Instant::now();
+                    let y = layer.forward(&x, Mode::Train)?;
+                    y.backward_with(upstream.clone());
+                    times.push(start.elapsed().as_secs_f64() * 1e3);
+                    x.zero_grad();
+                }
+                times.remove(0); // warm-up
+                times.sort_by(f64::total_cmp);
+                slot_ms.push(times[times.len() / 2]);
+            }
+            rows.push(Timing {
+                normalization: norm.label().to_string(),
+                implementation: match (norm, implementation) {
+                    (Normalization::Batch, Implementation::Composed) => "composed (scratch)",
+                    (Normalization::Batch, Implementation::Fused) => "fused (concise)",
+                    (_, Implementation::Composed) => "composed",
+                    (_, Implementation::Fused) => "fused",
+                }
+                .to_string(),
+                slot_ms,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+// ----- tables and figures -----
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0), |(s, n), v| (s + v, n + 1));
+    sum / n.max(1) as f64
+}
+
+fn last(h: &History) -> &crate::train::EpochRecord {
+    h.last().expect("at least one epoch")
+}
+
+fn invariance_markdown(rows: &[Invariance]) -> String {
+    let verdict = |change: f32, paper: bool| {
+        let measured = change < INVARIANCE_THRESHOLD;
+        format!(
+            "{} ({change:.0e}){}",
+            if measured { "invariant" } else { "changes" },
+            if measured == paper {
+                ""
+            } else {
+                " — differs from the paper"
+            }
+        )
+    };
+    let mut md = String::from(
+        "| transformation | batch norm (largest change) | layer norm (largest change) |\n|---|---|---|\n",
+    );
+    for r in rows {
+        md += &format!(
+            "| {} | {} | {} |\n",
+            r.transformation,
+            verdict(r.batch_norm_change, r.batch_norm_invariant_in_paper),
+            verdict(r.layer_norm_change, r.layer_norm_invariant_in_paper)
+        );
+    }
+    md += &format!(
+        "\nOutputs of `a = x·W` (32 examples, 10 inputs, 8 units) normalised without γ and β; \
+         \"invariant\" means no output moved by {INVARIANCE_THRESHOLD:.0e} or more.\n"
+    );
+    md
+}
+
+fn accuracy_markdown(runs: &[History], config: &CompareConfig) -> String {
+    let mut md = String::from(
+        "| normalisation | model | final test acc per seed | mean test acc | mean train acc | mean loss | examples/s |\n|---|---|---|---|---|---|---|\n",
+    );
+    for norm in Normalization::ALL {
+        let model = ModelKind::with_normalization(norm).name();
+        let of: Vec<&History> = runs.iter().filter(|h| h.model == model).collect();
+        let per_seed: Vec<String> = of
+            .iter()
+            .map(|h| format!("{:.3}", last(h).test_acc))
+            .collect();
+        md += &format!(
+            "| {} | `{model}` | {} | {:.3} | {:.3} | {:.3} | {:.0} |\n",
+            norm.label(),
+            per_seed.join(" / "),
+            mean(of.iter().map(|h| last(h).test_acc)),
+            mean(of.iter().map(|h| last(h).train_acc)),
+            mean(of.iter().map(|h| last(h).loss)),
+            mean(of.iter().map(|h| h.median_examples_per_sec())),
+        );
+    }
+    md += &format!(
+        "\nBatch 256, lr 1.0, {} epochs, seeds {:?}{}; accuracy after the last epoch.\n",
+        config.epochs,
+        config.seeds,
+        match config.limit {
+            Some(n) => format!(", first {n} training and test examples only"),
+            None => String::new(),
+        }
+    );
+    md
+}
+
+fn sweep_markdown(runs: &[SweepRun], config: &CompareConfig) -> String {
+    let mut md = String::from("| batch size | lr |");
+    for norm in &config.sweep_norms {
+        md += &format!(" {} test acc | {} train acc |", norm.label(), norm.label());
+    }
+    md += "\n|---|---|";
+    md += &"---|---|".repeat(config.sweep_norms.len());
+    md += "\n";
+    for &b in &config.sweep_batch_sizes {
+        md += &format!("| {b} | {} |", scaled_lr(1.0, b));
+        for norm in &config.sweep_norms {
+            let of: Vec<&History> = runs
+                .iter()
+                .filter(|r| r.normalization == norm.label() && r.history.batch_size == b)
+                .map(|r| &r.history)
+                .collect();
+            md += &format!(
+                " {:.3} | {:.3} |",
+                mean(of.iter().map(|h| last(h).test_acc)),
+                mean(of.iter().map(|h| last(h).train_acc))
+            );
+        }
+        md += "\n";
+    }
+    md += &format!(
+        "\n{} epochs per run at every batch size, lr = 1.0 · batch/256, seeds {:?}{}; \
+         accuracy after the last epoch (train acc: running average over the last epoch).\n",
+        config.sweep_epochs,
+        config.sweep_seeds,
+        match config.sweep_limit {
+            Some(n) => format!(", first {n} training and test examples only"),
+            None => ", full training and test sets".to_string(),
+        }
+    );
+    md
+}
+
+fn timing_markdown(rows: &[Timing], repeats: usize) -> String {
+    let mut md = String::from("| normalisation | implementation |");
+    for (slot, _, _) in LENET_SLOTS {
+        md += &format!(" {slot} |");
+    }
+    md += " all four slots |\n|---|---|---|---|---|---|---|\n";
+    for r in rows {
+        md += &format!("| {} | {} |", r.normalization, r.implementation);
+        for ms in &r.slot_ms {
+            md += &format!(" {ms:.2} |");
+        }
+        md += &format!(" **{:.2}** |\n", r.total_ms());
+    }
+    md += &format!(
+        "\nMilliseconds for forward + backward in training mode, median of {repeats}, on {} threads. \
+         IN's fully connected slots hold layer norm, as in `lenet-in`.\n",
+        rayon::current_num_threads()
+    );
+    md
+}
+
+/// Test accuracy per epoch, averaged over seeds, one line per model.
+fn mean_curve(
+    runs: &[History],
+    model: &str,
+    f: fn(&crate::train::EpochRecord) -> f64,
+) -> Vec<(f64, f64)> {
+    let of: Vec<&History> = runs.iter().filter(|h| h.model == model).collect();
+    let epochs = of.first().map_or(0, |h| h.history.len());
+    (0..epochs)
+        .map(|e| ((e + 1) as f64, mean(of.iter().map(|h| f(&h.history[e])))))
+        .collect()
+}
+
+/// Runs every experiment and writes its tables (Markdown), data (JSON) and
+/// figures (SVG) into `config.out`, with a manifest `figures.json`.
+///
+/// # Errors
+/// If a run fails or a file cannot be written.
+pub fn generate(data: &FashionMnist, config: &CompareConfig, command: &str) -> Result<Manifest> {
+    let mut w = Writer::new(&config.out)?;
+
+    let invariances = invariance_table()?;
+    w.json(
+        "invariance.json",
+        "invariances of batch norm and layer norm",
+        &invariances,
+    )?;
+    w.write(
+        "invariance.md",
+        "which transformations leave batch norm's and layer norm's outputs unchanged",
+        &invariance_markdown(&invariances),
+    )?;
+
+    let timings = timing(config.timing_repeats)?;
+    w.json(
+        "timing.json",
+        "forward + backward time of each normalisation",
+        &timings,
+    )?;
+    w.write(
+        "timing.md",
+        "forward + backward time of each normalisation at LeNet's shapes",
+        &timing_markdown(&timings, config.timing_repeats),
+    )?;
+
+    let runs = accuracy_runs(data, config)?;
+    w.json(
+        "accuracy-runs.json",
+        "histories of the accuracy comparison",
+        &runs,
+    )?;
+    w.write(
+        "accuracy.md",
+        "final accuracy of LeNet with each normalisation",
+        &accuracy_markdown(&runs, config),
+    )?;
+    for (file, title, metric, what) in [
+        (
+            "accuracy-test.svg",
+            "Test accuracy (mean over seeds)",
+            (|r| r.test_acc) as fn(&crate::train::EpochRecord) -> f64,
+            "test accuracy",
+        ),
+        (
+            "accuracy-loss.svg",
+            "Training loss (mean over seeds)",
+            |r| r.loss,
+            "training loss",
+        ),
+    ] {
+        let lines: Vec<Series> = Normalization::ALL
+            .iter()
+            .map(|&norm| Series {
+                label: norm.label().to_string(),
+                points: mean_curve(&runs, ModelKind::with_normalization(norm).name(), metric),
+            })
+            .collect();
+        w.svg(
+            file,
+            &format!("{what} per epoch of LeNet with no normalisation, BN, LN, IN and GN, mean over seeds"),
+            &line_chart(title, "epoch", &lines, (560, 340))?,
+        )?;
+    }
+
+    let sweep = batch_size_sweep(data, config)?;
+    w.json(
+        "batch-size-sweep.json",
+        "histories of the batch-size sweep",
+        &sweep,
+    )?;
+    w.write(
+        "batch-size-sweep.md",
+        "final accuracy against batch size for BN, GN and LN",
+        &sweep_markdown(&sweep, config),
+    )?;
+    let lines: Vec<Series> = config
+        .sweep_norms
+        .iter()
+        .map(|norm| Series {
+            label: format!("{}: test acc", norm.label()),
+            points: config
+                .sweep_batch_sizes
+                .iter()
+                .map(|&b| {
+                    let acc = mean(
+                        sweep
+                            .iter()
+                            .filter(|r| {
+                                r.normalization == norm.label() && r.history.batch_size == b
+                            })
+                            .map(|r| last(&r.history).test_acc),
+                    );
+                    ((b as f64).log2(), acc)
+                })
+                .collect(),
+        })
+        .collect();
+    w.svg(
+        "batch-size-sweep.svg",
+        "final test accuracy against batch size (log scale) for BN, GN and LN",
+        &line_chart_with_x_labels(
+            "Test accuracy vs batch size",
+            "batch size",
+            &lines,
+            (560, 340),
+            &|x| {
+                if x.fract() == 0.0 {
+                    format!("{}", 2f64.powf(x))
+                } else {
+                    String::new()
+                }
+            },
+        )?,
+    )?;
+
+    let manifest = Manifest {
+        command: command.to_string(),
+        epochs: config.epochs,
+        seeds: config.seeds.clone(),
+        limit: config.limit,
+        artefacts: w.artefacts.clone(),
+    };
+    w.json("figures.json", "this list", &manifest)?;
+    Ok(manifest)
+}
