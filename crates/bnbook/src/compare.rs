@@ -75,7 +75,7 @@ impl Default for CompareConfig {
                 Normalization::Layer,
             ],
             sweep_epochs: 3,
-            sweep_seeds: vec![0],
+            sweep_seeds: vec![0, 1, 2],
             sweep_limit: None,
             timing_repeats: 20,
         }
@@ -397,6 +397,21 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
     sum / n.max(1) as f64
 }
 
+/// `mean` alone for one value, `mean (min–max)` for several.
+fn mean_and_range(values: impl Iterator<Item = f64>) -> String {
+    let values: Vec<f64> = values.collect();
+    let m = mean(values.iter().copied());
+    if values.len() < 2 {
+        return format!("{m:.3}");
+    }
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    format!("{m:.3} ({lo:.3}–{hi:.3})")
+}
+
 fn last(h: &History) -> &crate::train::EpochRecord {
     h.last().expect("at least one epoch")
 }
@@ -482,16 +497,17 @@ fn sweep_markdown(runs: &[SweepRun], config: &CompareConfig) -> String {
                 .map(|r| &r.history)
                 .collect();
             md += &format!(
-                " {:.3} | {:.3} |",
-                mean(of.iter().map(|h| last(h).test_acc)),
-                mean(of.iter().map(|h| last(h).train_acc))
+                " {} | {} |",
+                mean_and_range(of.iter().map(|h| last(h).test_acc)),
+                mean_and_range(of.iter().map(|h| last(h).train_acc))
             );
         }
         md += "\n";
     }
     md += &format!(
         "\n{} epochs per run at every batch size, lr = 1.0 · batch/256, seeds {:?}{}; \
-         accuracy after the last epoch (train acc: running average over the last epoch).\n",
+         accuracy after the last epoch (train acc: running average over the last epoch); \
+         with several seeds, mean (lowest–highest).\n",
         config.sweep_epochs,
         config.sweep_seeds,
         match config.sweep_limit {

@@ -35,7 +35,7 @@ enum Command {
     Figures(FiguresArgs),
     /// Regenerate the figures and tables of the chapter comparing batch,
     /// layer, instance and group norm (invariances, timing, accuracy per
-    /// normalisation, batch-size sweep; about 30 minutes on 2 cores).
+    /// normalisation, batch-size sweep; about an hour on 2 cores).
     Norms(NormsArgs),
 }
 
@@ -60,7 +60,7 @@ struct NormsArgs {
     #[arg(long, default_value_t = 3)]
     sweep_epochs: usize,
     /// Seeds of the sweep, comma-separated.
-    #[arg(long, default_value = "0", value_delimiter = ',')]
+    #[arg(long, default_value = "0,1,2", value_delimiter = ',')]
     sweep_seeds: Vec<u64>,
     /// Sweep: use only the first N training and test examples.
     #[arg(long)]
