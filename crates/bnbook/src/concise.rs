@@ -160,10 +160,21 @@ fn for_each_block(
     c: usize,
     f: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
-    out.par_chunks_mut(s)
+    // Small blocks (s = 1 after a fully connected layer) are handed out in
+    // bunches: one parallel task per value would cost more than the work.
+    let blocks_per_task = (VALUES_PER_TASK / s.max(1)).max(1);
+    out.par_chunks_mut(s * blocks_per_task)
         .enumerate()
-        .for_each(|(i, block)| f(i % c, i, block));
+        .for_each(|(task, chunk)| {
+            for (j, block) in chunk.chunks_mut(s).enumerate() {
+                let i = task * blocks_per_task + j;
+                f(i % c, i, block);
+            }
+        });
 }
+
+/// Values per parallel task of [`for_each_block`].
+const VALUES_PER_TASK: usize = 4096;
 
 /// Sum of a block of `f32` values, accumulated in `f64`.
 fn block_sum(values: impl Iterator<Item = f32>) -> f64 {
