@@ -77,7 +77,7 @@ impl Default for CompareConfig {
             sweep_epochs: 3,
             sweep_seeds: vec![0, 1, 2],
             sweep_limit: None,
-            timing_repeats: 20,
+            timing_repeats: 50,
         }
     }
 }
@@ -346,33 +346,34 @@ impl Timing {
 
 /// Times training-mode forward + backward of every normalisation layer the
 /// models use, both implementations, at [`LENET_SLOTS`] (median of
-/// `repeats` after one warm-up).
+/// `repeats` after one warm-up round, the cases taking turns).
 ///
 /// # Errors
 /// Never in practice; the `Result` comes from the layer constructors.
 pub fn timing(repeats: usize) -> Result<Vec<Timing>> {
+    // every (normalisation, implementation, slot) with its input, built once
+    struct Case {
+        row: usize,
+        layer: Box<dyn Module>,
+        x: Tensor,
+        upstream: ArrayD<f32>,
+        times: Vec<f64>,
+    }
     let mut rows = Vec::new();
+    let mut cases = Vec::new();
     for norm in &Normalization::ALL[1..] {
         for implementation in [Implementation::Composed, Implementation::Fused] {
-            let mut slot_ms = Vec::new();
             for (i, (_, shape, rank)) in LENET_SLOTS.into_iter().enumerate() {
                 let shape = &shape[..rank];
-                let mut layer = norm
-                    .layer(shape[1], rank, implementation)?
-                    .expect("a normalisation");
-                let x = Tensor::parameter(random_input(shape, -2.0, 3.0, i as u64));
-                let upstream = random_input(shape, -1.0, 1.0, 10 + i as u64);
-                let mut times = Vec::with_capacity(repeats);
-                for _ in 0..=repeats {
-                    let start = Instant::now();
-                    let y = layer.forward(&x, Mode::Train)?;
-                    y.backward_with(upstream.clone());
-                    times.push(start.elapsed().as_secs_f64() * 1e3);
-                    x.zero_grad();
-                }
-                times.remove(0); // warm-up
-                times.sort_by(f64::total_cmp);
-                slot_ms.push(times[times.len() / 2]);
+                cases.push(Case {
+                    row: rows.len(),
+                    layer: norm
+                        .layer(shape[1], rank, implementation)?
+                        .expect("a normalisation"),
+                    x: Tensor::new(random_input(shape, -2.0, 3.0, i as u64)),
+                    upstream: random_input(shape, -1.0, 1.0, 10 + i as u64),
+                    times: Vec::with_capacity(repeats + 1),
+                });
             }
             rows.push(Timing {
                 normalization: norm.label().to_string(),
@@ -383,9 +384,31 @@ pub fn timing(repeats: usize) -> Result<Vec<Timing>> {
                     (_, Implementation::Fused) => "fused",
                 }
                 .to_string(),
-                slot_ms,
+                slot_ms: Vec::new(),
             });
         }
+    }
+    // Round robin: a disturbance on the machine hits every case alike
+    // instead of one row of the table.
+    for _ in 0..=repeats {
+        for case in &mut cases {
+            // fresh arrays every time, so that no case keeps a lucky or
+            // unlucky placement in memory for the whole measurement
+            let x = Tensor::parameter(case.x.value().clone());
+            let seed = case.upstream.clone();
+            let start = Instant::now();
+            let y = case.layer.forward(&x, Mode::Train)?;
+            y.backward_with(seed);
+            drop(y); // freeing the graph is part of a step
+            case.times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    for mut case in cases {
+        case.times.remove(0); // warm-up
+        case.times.sort_by(f64::total_cmp);
+        rows[case.row]
+            .slot_ms
+            .push(case.times[case.times.len() / 2]);
     }
     Ok(rows)
 }

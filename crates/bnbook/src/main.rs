@@ -66,7 +66,7 @@ struct NormsArgs {
     #[arg(long)]
     sweep_limit: Option<usize>,
     /// Timed repetitions per layer and shape.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 50)]
     timing_repeats: usize,
     /// Directory with the four Fashion-MNIST files (searched first).
     #[arg(long)]
