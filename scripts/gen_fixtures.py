@@ -376,6 +376,18 @@ def norm_case(name: str, seed: int, shape, layer: str, args: dict, x_mean=2.0, x
     }
 
 
+def fixture_file(cases: list) -> dict:
+    """The JSON document of a fixture file: provenance and the cases."""
+    names = [c["name"] for c in cases]
+    assert len(names) == len(set(names)), "case names must be unique"
+    return {
+        "generator": GENERATOR,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "cases": cases,
+    }
+
+
 def build_norms() -> dict:
     # The *_eps_1e_3 cases use inputs 1 ± 0.05: the variance 0.0025 makes eps
     # 40 % of it, so an eps that is dropped or mixed up changes every output,
@@ -418,14 +430,7 @@ def build_norms() -> dict:
             {"num_groups": 2, "num_channels": 6, "eps": 1e-3}, **small,
         ),
     ]
-    names = [c["name"] for c in cases]
-    assert len(names) == len(set(names)), "case names must be unique"
-    return {
-        "generator": GENERATOR,
-        "torch_version": torch.__version__,
-        "numpy_version": np.__version__,
-        "cases": cases,
-    }
+    return fixture_file(cases)
 
 
 # --------------------------------------------------------------------------
@@ -444,14 +449,7 @@ def build() -> dict:
         scratch_case("d2l_scratch_rank2", 201, (8, 5)),
         scratch_case("d2l_scratch_rank4", 202, (4, 3, 5, 5)),
     ]
-    names = [c["name"] for c in cases]
-    assert len(names) == len(set(names)), "case names must be unique"
-    return {
-        "generator": GENERATOR,
-        "torch_version": torch.__version__,
-        "numpy_version": np.__version__,
-        "cases": cases,
-    }
+    return fixture_file(cases)
 
 
 def dumps(value, indent: int = 0) -> str:

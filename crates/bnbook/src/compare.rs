@@ -26,7 +26,7 @@ use crate::gradcheck::random_input;
 use crate::models::{ModelKind, Normalization};
 use crate::nn::{Mode, Module};
 use crate::norms::{Implementation, LayerNorm, NormOptions};
-use crate::plot::{Series, line_chart, line_chart_with_x_labels};
+use crate::plot::{Series, Svg, line_chart, line_chart_with_x_labels};
 use crate::train::{History, TrainConfig, train_model};
 use ndarray::{Array2, ArrayD, Axis};
 use serde::Serialize;
@@ -355,7 +355,7 @@ pub fn timing(repeats: usize) -> Result<Vec<Timing>> {
     struct Case {
         row: usize,
         layer: Box<dyn Module>,
-        x: Tensor,
+        x: ArrayD<f32>,
         upstream: ArrayD<f32>,
         times: Vec<f64>,
     }
@@ -370,7 +370,7 @@ pub fn timing(repeats: usize) -> Result<Vec<Timing>> {
                     layer: norm
                         .layer(shape[1], rank, implementation)?
                         .expect("a normalisation"),
-                    x: Tensor::new(random_input(shape, -2.0, 3.0, i as u64)),
+                    x: random_input(shape, -2.0, 3.0, i as u64),
                     upstream: random_input(shape, -1.0, 1.0, 10 + i as u64),
                     times: Vec::with_capacity(repeats + 1),
                 });
@@ -394,7 +394,7 @@ pub fn timing(repeats: usize) -> Result<Vec<Timing>> {
         for case in &mut cases {
             // fresh arrays every time, so that no case keeps a lucky or
             // unlucky placement in memory for the whole measurement
-            let x = Tensor::parameter(case.x.value().clone());
+            let x = Tensor::parameter(case.x.clone());
             let seed = case.upstream.clone();
             let start = Instant::now();
             let y = case.layer.forward(&x, Mode::Train)?;
@@ -503,6 +503,14 @@ fn accuracy_markdown(runs: &[History], config: &CompareConfig) -> String {
     md
 }
 
+/// The runs of one normalisation at one batch size (one per seed).
+fn sweep_cell(runs: &[SweepRun], norm: Normalization, batch_size: usize) -> Vec<&History> {
+    runs.iter()
+        .filter(|r| r.normalization == norm.label() && r.history.batch_size == batch_size)
+        .map(|r| &r.history)
+        .collect()
+}
+
 fn sweep_markdown(runs: &[SweepRun], config: &CompareConfig) -> String {
     let mut md = String::from("| batch size | lr |");
     for norm in &config.sweep_norms {
@@ -514,11 +522,7 @@ fn sweep_markdown(runs: &[SweepRun], config: &CompareConfig) -> String {
     for &b in &config.sweep_batch_sizes {
         md += &format!("| {b} | {} |", scaled_lr(1.0, b));
         for norm in &config.sweep_norms {
-            let of: Vec<&History> = runs
-                .iter()
-                .filter(|r| r.normalization == norm.label() && r.history.batch_size == b)
-                .map(|r| &r.history)
-                .collect();
+            let of = sweep_cell(runs, *norm, b);
             md += &format!(
                 " {} | {} |",
                 mean_and_range(of.iter().map(|h| last(h).test_acc)),
@@ -562,17 +566,68 @@ fn timing_markdown(rows: &[Timing], repeats: usize) -> String {
     md
 }
 
-/// Test accuracy per epoch, averaged over seeds, one line per model.
-fn mean_curve(
-    runs: &[History],
-    model: &str,
-    f: fn(&crate::train::EpochRecord) -> f64,
-) -> Vec<(f64, f64)> {
+/// One number per epoch, read from a history record.
+pub type Metric = fn(&crate::train::EpochRecord) -> f64;
+
+/// `metric` per epoch, averaged over seeds, of one model's runs.
+fn mean_curve(runs: &[History], model: &str, f: Metric) -> Vec<(f64, f64)> {
     let of: Vec<&History> = runs.iter().filter(|h| h.model == model).collect();
     let epochs = of.first().map_or(0, |h| h.history.len());
     (0..epochs)
         .map(|e| ((e + 1) as f64, mean(of.iter().map(|h| f(&h.history[e])))))
         .collect()
+}
+
+/// `metric` against the epoch for each normalisation of
+/// [`accuracy_runs`] (averaged over seeds), one line per normalisation.
+///
+/// # Errors
+/// If there are no runs to draw.
+pub fn accuracy_chart(runs: &[History], title: &str, metric: Metric) -> Result<Svg> {
+    let lines: Vec<Series> = Normalization::ALL
+        .iter()
+        .map(|&norm| Series {
+            label: norm.label().to_string(),
+            points: mean_curve(runs, ModelKind::with_normalization(norm).name(), metric),
+        })
+        .collect();
+    line_chart(title, "epoch", &lines, (560, 340))
+}
+
+/// Final test accuracy (averaged over seeds) against the batch size on a
+/// log scale, one line per normalisation of the sweep.
+///
+/// # Errors
+/// If there are no runs to draw.
+pub fn sweep_chart(runs: &[SweepRun], config: &CompareConfig) -> Result<Svg> {
+    let lines: Vec<Series> = config
+        .sweep_norms
+        .iter()
+        .map(|&norm| Series {
+            label: format!("{}: test acc", norm.label()),
+            points: config
+                .sweep_batch_sizes
+                .iter()
+                .map(|&b| {
+                    let acc = mean(sweep_cell(runs, norm, b).iter().map(|h| last(h).test_acc));
+                    ((b as f64).log2(), acc)
+                })
+                .collect(),
+        })
+        .collect();
+    line_chart_with_x_labels(
+        "Test accuracy vs batch size",
+        "batch size",
+        &lines,
+        (560, 340),
+        &|x| {
+            if x.fract() == 0.0 {
+                format!("{}", 2f64.powf(x))
+            } else {
+                String::new()
+            }
+        },
+    )
 }
 
 /// Runs every experiment and writes its tables (Markdown), data (JSON) and
@@ -622,7 +677,7 @@ pub fn generate(data: &FashionMnist, config: &CompareConfig, command: &str) -> R
         (
             "accuracy-test.svg",
             "Test accuracy (mean over seeds)",
-            (|r| r.test_acc) as fn(&crate::train::EpochRecord) -> f64,
+            (|r| r.test_acc) as Metric,
             "test accuracy",
         ),
         (
@@ -632,17 +687,10 @@ pub fn generate(data: &FashionMnist, config: &CompareConfig, command: &str) -> R
             "training loss",
         ),
     ] {
-        let lines: Vec<Series> = Normalization::ALL
-            .iter()
-            .map(|&norm| Series {
-                label: norm.label().to_string(),
-                points: mean_curve(&runs, ModelKind::with_normalization(norm).name(), metric),
-            })
-            .collect();
         w.svg(
             file,
             &format!("{what} per epoch of LeNet with no normalisation, BN, LN, IN and GN, mean over seeds"),
-            &line_chart(title, "epoch", &lines, (560, 340))?,
+            &accuracy_chart(&runs, title, metric)?,
         )?;
     }
 
@@ -657,44 +705,10 @@ pub fn generate(data: &FashionMnist, config: &CompareConfig, command: &str) -> R
         "final accuracy against batch size for BN, GN and LN",
         &sweep_markdown(&sweep, config),
     )?;
-    let lines: Vec<Series> = config
-        .sweep_norms
-        .iter()
-        .map(|norm| Series {
-            label: format!("{}: test acc", norm.label()),
-            points: config
-                .sweep_batch_sizes
-                .iter()
-                .map(|&b| {
-                    let acc = mean(
-                        sweep
-                            .iter()
-                            .filter(|r| {
-                                r.normalization == norm.label() && r.history.batch_size == b
-                            })
-                            .map(|r| last(&r.history).test_acc),
-                    );
-                    ((b as f64).log2(), acc)
-                })
-                .collect(),
-        })
-        .collect();
     w.svg(
         "batch-size-sweep.svg",
         "final test accuracy against batch size (log scale) for BN, GN and LN",
-        &line_chart_with_x_labels(
-            "Test accuracy vs batch size",
-            "batch size",
-            &lines,
-            (560, 340),
-            &|x| {
-                if x.fract() == 0.0 {
-                    format!("{}", 2f64.powf(x))
-                } else {
-                    String::new()
-                }
-            },
-        )?,
+        &sweep_chart(&sweep, config)?,
     )?;
 
     let manifest = Manifest {

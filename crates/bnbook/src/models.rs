@@ -102,13 +102,10 @@ impl ModelKind {
     /// The model with this normalisation (fused where there is a choice,
     /// the concise batch norm for [`Normalization::Batch`]).
     pub fn with_normalization(norm: Normalization) -> ModelKind {
-        match norm {
-            Normalization::None => ModelKind::LenetNoNorm,
-            Normalization::Batch => ModelKind::LenetBnConcise,
-            Normalization::Layer => ModelKind::LenetLn,
-            Normalization::Instance => ModelKind::LenetIn,
-            Normalization::Group => ModelKind::LenetGn,
-        }
+        ModelKind::ALL
+            .into_iter()
+            .find(|m| m.normalization() == Some((norm, Implementation::Fused)))
+            .expect("every normalisation has a fused model")
     }
 
     /// Builds the network with Xavier-uniform weights drawn from `rng`.
