@@ -77,6 +77,50 @@ fn avg_pool_spreads_gradient_evenly() {
     assert_close(&x.grad().unwrap(), &[0.25; 8]);
 }
 
+/// The 2×2, stride-2 pooling has its own vectorised loops; they must give
+/// the same bits as the plain definition (average of each window, and each
+/// input's share g/4 of its window's gradient), also when the last row and
+/// column belong to no window.
+#[test]
+fn avg_pool_2x2_matches_the_plain_loops_bit_for_bit() {
+    for (h, w) in [(24, 24), (8, 8), (5, 7)] {
+        let (n, c) = (3, 2);
+        let values: Vec<f32> = (0..n * c * h * w)
+            .map(|i| ((i * 7919) % 1000) as f32 / 997.0 - 0.4)
+            .collect();
+        let x = tensor(&[n, c, h, w], &values);
+        let y = x.avg_pool2d(2, 2);
+        let (oh, ow) = (h / 2, w / 2);
+        let seed: Vec<f32> = (0..n * c * oh * ow)
+            .map(|i| ((i * 104_729) % 1000) as f32 / 991.0 - 0.5)
+            .collect();
+        y.backward_with(ArrayD::from_shape_vec(IxDyn(&[n, c, oh, ow]), seed.clone()).unwrap());
+        let (y, dx) = (y.value(), x.grad().unwrap());
+        let (y, dx) = (y.as_slice().unwrap(), dx.as_slice().unwrap());
+        let mut expected_dx = vec![0.0_f32; values.len()];
+        for plane in 0..n * c {
+            let at = |r: usize, col: usize| plane * h * w + r * w + col;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let o = plane * oh * ow + oy * ow + ox;
+                    let mut sum = 0.0_f32;
+                    for ky in 0..2 {
+                        sum +=
+                            values[at(2 * oy + ky, 2 * ox)] + values[at(2 * oy + ky, 2 * ox + 1)];
+                    }
+                    assert_eq!(y[o].to_bits(), (sum / 4.0).to_bits(), "y at {o}, {h}x{w}");
+                    for (ky, kx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        expected_dx[at(2 * oy + ky, 2 * ox + kx)] += seed[o] / 4.0;
+                    }
+                }
+            }
+        }
+        for (i, (a, e)) in dx.iter().zip(&expected_dx).enumerate() {
+            assert_eq!(a.to_bits(), e.to_bits(), "dx at {i}, {h}x{w}");
+        }
+    }
+}
+
 #[test]
 fn cross_entropy_of_known_logits() {
     // logits (1, 2, 3), label 2: loss = ln(e¹ + e² + e³) − 3 = 0.4076059

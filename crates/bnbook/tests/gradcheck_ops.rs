@@ -195,6 +195,9 @@ fn pooling() {
     check("avg_pool2d 2/2", &[x(&[2, 3, 4, 6], 47)], |t| {
         t[0].avg_pool2d(2, 2)
     });
+    check("avg_pool2d 2/2, odd sizes", &[x(&[2, 2, 5, 7], 51)], |t| {
+        t[0].avg_pool2d(2, 2)
+    });
     check(
         "avg_pool2d 3/1 (overlapping)",
         &[x(&[1, 2, 5, 5], 48)],

@@ -294,45 +294,82 @@ impl Tensor {
         let g = Geometry::new("avg_pool2d", &self.shape(), kernel, kernel, stride, 0);
         let area = (kernel * kernel) as f32;
         let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+        // LeNet's (and d2l's default) 2×2 window with stride 2 gets loops the
+        // compiler can vectorise; they do the same additions in the same
+        // order as the general loops, so the results are the same bits.
+        let two_by_two = g.kh == 2 && g.kw == 2 && g.stride == 2;
         let y = {
             let x = self.value();
             let x = x.as_standard_layout();
             let x = x.as_slice().expect("standard layout");
-            let mut y = vec![0.0; g.n * g.c * plane_out];
-            // one image plane per task: planes never share windows
-            y.par_chunks_mut(plane_out).enumerate().for_each(|(p, y)| {
-                let x = &x[p * plane_in..][..plane_in];
-                for (oy, y_row) in y.chunks_exact_mut(g.ow).enumerate() {
-                    for ky in 0..g.kh {
-                        let x_row = &x[(oy * g.stride + ky) * g.w..][..g.w];
-                        for (ox, v) in y_row.iter_mut().enumerate() {
-                            *v += x_row[ox * g.stride..][..g.kw].iter().sum::<f32>();
+            let y = if two_by_two {
+                kernels::build(g.n * g.c * plane_out, plane_out, |p, y| {
+                    let x = &x[p * plane_in..][..plane_in];
+                    for (oy, y_row) in y.chunks_exact_mut(g.ow).enumerate() {
+                        let top = x[2 * oy * g.w..][..2 * g.ow].chunks_exact(2);
+                        let bottom = x[(2 * oy + 1) * g.w..][..2 * g.ow].chunks_exact(2);
+                        for ((v, t), b) in y_row.iter_mut().zip(top).zip(bottom) {
+                            v.write((0.0 + (t[0] + t[1]) + (b[0] + b[1])) / area);
                         }
                     }
-                    y_row.iter_mut().for_each(|v| *v /= area);
-                }
-            });
+                })
+            } else {
+                let mut y = vec![0.0; g.n * g.c * plane_out];
+                // planes never share windows, so they are independent tasks
+                for_each_plane(&mut y, plane_out, |p, y| {
+                    let x = &x[p * plane_in..][..plane_in];
+                    for (oy, y_row) in y.chunks_exact_mut(g.ow).enumerate() {
+                        for ky in 0..g.kh {
+                            let x_row = &x[(oy * g.stride + ky) * g.w..][..g.w];
+                            for (ox, v) in y_row.iter_mut().enumerate() {
+                                *v += x_row[ox * g.stride..][..g.kw].iter().sum::<f32>();
+                            }
+                        }
+                        y_row.iter_mut().for_each(|v| *v /= area);
+                    }
+                });
+                y
+            };
             ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.oh, g.ow]), y).expect("sizes match")
         };
         // Each input in a window contributed 1/area of the window's output.
+        let tiled = two_by_two && g.h == 2 * g.oh && g.w == 2 * g.ow;
         Tensor::from_op("avg_pool2d", y, &[self], move |ctx| {
             let gy = ctx.grad.as_standard_layout();
             let gy = gy.as_slice().expect("standard layout");
-            let mut dx = vec![0.0; g.n * g.c * plane_in];
-            dx.par_chunks_mut(plane_in).enumerate().for_each(|(p, dx)| {
-                let gy = &gy[p * plane_out..][..plane_out];
-                for (oy, gy_row) in gy.chunks_exact(g.ow).enumerate() {
-                    for ky in 0..g.kh {
-                        let dx_row = &mut dx[(oy * g.stride + ky) * g.w..][..g.w];
-                        for (ox, &v) in gy_row.iter().enumerate() {
-                            let share = v / area;
-                            dx_row[ox * g.stride..][..g.kw]
-                                .iter_mut()
-                                .for_each(|d| *d += share);
+            let dx = if tiled {
+                // every input pixel lies in exactly one window: write it once
+                kernels::build(g.n * g.c * plane_in, plane_in, |p, dx| {
+                    let gy = &gy[p * plane_out..][..plane_out];
+                    for (rows, gy_row) in dx.chunks_exact_mut(2 * g.w).zip(gy.chunks_exact(g.ow)) {
+                        let (top, bottom) = rows.split_at_mut(g.w);
+                        let pairs = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
+                        for ((t, b), &v) in pairs.zip(gy_row) {
+                            let share = 0.0 + v / area; // the general loop adds onto 0.0
+                            for d in t.iter_mut().chain(b.iter_mut()) {
+                                d.write(share);
+                            }
                         }
                     }
-                }
-            });
+                })
+            } else {
+                let mut dx = vec![0.0; g.n * g.c * plane_in];
+                for_each_plane(&mut dx, plane_in, |p, dx| {
+                    let gy = &gy[p * plane_out..][..plane_out];
+                    for (oy, gy_row) in gy.chunks_exact(g.ow).enumerate() {
+                        for ky in 0..g.kh {
+                            let dx_row = &mut dx[(oy * g.stride + ky) * g.w..][..g.w];
+                            for (ox, &v) in gy_row.iter().enumerate() {
+                                let share = v / area;
+                                dx_row[ox * g.stride..][..g.kw]
+                                    .iter_mut()
+                                    .for_each(|d| *d += share);
+                            }
+                        }
+                    }
+                });
+                dx
+            };
             vec![Some(
                 ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.h, g.w]), dx).expect("sizes match"),
             )]
@@ -380,7 +417,7 @@ impl Tensor {
             let gy = ctx.grad.as_standard_layout();
             let gy = gy.as_slice().expect("standard layout");
             let mut dx = vec![0.0; g.n * g.c * plane_in];
-            dx.par_chunks_mut(plane_in).enumerate().for_each(|(p, dx)| {
+            for_each_plane(&mut dx, plane_in, |p, dx| {
                 let range = p * plane_out..(p + 1) * plane_out;
                 for (&g, &i) in gy[range.clone()].iter().zip(&argmax[range]) {
                     dx[i] += g;
@@ -392,6 +429,23 @@ impl Tensor {
         })
     }
 }
+
+/// Calls `f(p, plane)` for every image plane `p` (`plane_len` values) of
+/// `out`, in parallel. Planes are handed out in bunches: at LeNet's second
+/// pooling a plane holds 64 values, far too little work for one task.
+fn for_each_plane(out: &mut [f32], plane_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let per_task = (PLANE_VALUES_PER_TASK / plane_len.max(1)).max(1);
+    out.par_chunks_mut(plane_len.max(1) * per_task)
+        .enumerate()
+        .for_each(|(task, bunch)| {
+            for (j, plane) in bunch.chunks_mut(plane_len.max(1)).enumerate() {
+                f(task * per_task + j, plane);
+            }
+        });
+}
+
+/// Values per parallel task of [`for_each_plane`].
+const PLANE_VALUES_PER_TASK: usize = 1 << 13;
 
 /// Calls `f(output_index, input_index)`, both within one image plane, for
 /// every input of every pooling window (row-major order inside each window).

@@ -17,6 +17,9 @@ use std::mem::MaybeUninit;
 /// Outputs with fewer elements than this are computed on one thread.
 const PARALLEL_THRESHOLD: usize = 1 << 15;
 
+/// Values per parallel task when an output is built from small chunks.
+const VALUES_PER_TASK: usize = 1 << 13;
+
 /// How one operand is laid out relative to the output.
 #[derive(Clone, Debug)]
 struct Operand {
@@ -125,7 +128,7 @@ fn contiguous(a: &ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
 /// elements; the last may be shorter). Writing into fresh capacity skips
 /// the zero-filling pass that `vec![0.0; len]` would spend on memory about
 /// to be overwritten anyway.
-fn build(
+pub(super) fn build(
     len: usize,
     chunk: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
@@ -134,10 +137,18 @@ fn build(
     let spare = &mut v.spare_capacity_mut()[..len];
     if chunk > 0 {
         if len >= PARALLEL_THRESHOLD {
+            // Small chunks (one image plane, one row) are handed out in
+            // bunches: a parallel task per 64-value plane would cost more
+            // than the work.
+            let per_task = (VALUES_PER_TASK / chunk.max(1)).max(1);
             spare
-                .par_chunks_mut(chunk)
+                .par_chunks_mut(chunk * per_task)
                 .enumerate()
-                .for_each(|(i, c)| fill(i, c));
+                .for_each(|(task, bunch)| {
+                    for (j, c) in bunch.chunks_mut(chunk).enumerate() {
+                        fill(task * per_task + j, c);
+                    }
+                });
         } else {
             spare
                 .chunks_mut(chunk)
