@@ -162,6 +162,32 @@ pub(super) fn build(
     v
 }
 
+/// Values per piece of work of [`build_blocked`].
+const CHUNK: usize = 1 << 13;
+
+/// A vector of `len` values laid out in `block`-sized blocks, produced
+/// piece by piece: `fill(b, within, piece)` must write every element of
+/// `piece`, which holds the output values `within .. within + piece.len()`
+/// of block `b`. Pieces never cross a block boundary, and a large block
+/// (an operation on two full-size arrays is one block of the whole output)
+/// is cut into several pieces, so that it is still shared among threads.
+fn build_blocked(
+    len: usize,
+    block: usize,
+    fill: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    build(len, CHUNK, |index, mut dst| {
+        let mut at = index * CHUNK;
+        while !dst.is_empty() {
+            let (b, within) = (at / block, at % block);
+            let n = (block - within).min(dst.len());
+            let (piece, rest) = dst.split_at_mut(n);
+            fill(b, within, piece);
+            (at, dst) = (at + n, rest);
+        }
+    })
+}
+
 /// `f(a, b)` with NumPy broadcasting into an array of shape `out`.
 pub(super) fn zip_with(
     a: &ArrayD<f32>,
@@ -175,27 +201,28 @@ pub(super) fn zip_with(
     let len: usize = out.iter().product();
     let (ca, cb) = (plan.operands[0].contiguous, plan.operands[1].contiguous);
     let block = plan.block;
-    let result = build(len, block, |index, dst| {
-        let (oa, ob) = (plan.offset(0, index), plan.offset(1, index));
+    let result = build_blocked(len, block, |index, within, dst| {
+        let n = dst.len();
+        // contiguous operands start `within` into their block; constant ones have one value
+        let (oa, ob) = (
+            plan.offset(0, index) + if ca { within } else { 0 },
+            plan.offset(1, index) + if cb { within } else { 0 },
+        );
         match (ca, cb) {
             (true, true) => {
-                for ((d, &x), &y) in dst
-                    .iter_mut()
-                    .zip(&xs[oa..oa + block])
-                    .zip(&ys[ob..ob + block])
-                {
+                for ((d, &x), &y) in dst.iter_mut().zip(&xs[oa..oa + n]).zip(&ys[ob..ob + n]) {
                     d.write(f(x, y));
                 }
             }
             (true, false) => {
                 let y = ys[ob];
-                for (d, &x) in dst.iter_mut().zip(&xs[oa..oa + block]) {
+                for (d, &x) in dst.iter_mut().zip(&xs[oa..oa + n]) {
                     d.write(f(x, y));
                 }
             }
             (false, true) => {
                 let x = xs[oa];
-                for (d, &y) in dst.iter_mut().zip(&ys[ob..ob + block]) {
+                for (d, &y) in dst.iter_mut().zip(&ys[ob..ob + n]) {
                     d.write(f(x, y));
                 }
             }
@@ -354,29 +381,34 @@ pub(super) fn zip3(
     let (xg, xa, xb) = (&*xg, &*xa, &*xb);
     let (ca, cb) = (plan.operands[0].contiguous, plan.operands[1].contiguous);
     let block = plan.block;
-    let result = build(xg.len(), block, |index, dst| {
-        let (oa, ob, og) = (plan.offset(0, index), plan.offset(1, index), index * block);
-        let gs = &xg[og..og + block];
+    let result = build_blocked(xg.len(), block, |index, within, dst| {
+        let n = dst.len();
+        let (oa, ob, og) = (
+            plan.offset(0, index) + if ca { within } else { 0 },
+            plan.offset(1, index) + if cb { within } else { 0 },
+            index * block + within,
+        );
+        let gs = &xg[og..og + n];
         match (ca, cb) {
             (true, true) => {
                 for (((d, &g), &x), &y) in dst
                     .iter_mut()
                     .zip(gs)
-                    .zip(&xa[oa..oa + block])
-                    .zip(&xb[ob..ob + block])
+                    .zip(&xa[oa..oa + n])
+                    .zip(&xb[ob..ob + n])
                 {
                     d.write(f(g, x, y));
                 }
             }
             (true, false) => {
                 let y = xb[ob];
-                for ((d, &g), &x) in dst.iter_mut().zip(gs).zip(&xa[oa..oa + block]) {
+                for ((d, &g), &x) in dst.iter_mut().zip(gs).zip(&xa[oa..oa + n]) {
                     d.write(f(g, x, y));
                 }
             }
             (false, true) => {
                 let x = xa[oa];
-                for ((d, &g), &y) in dst.iter_mut().zip(gs).zip(&xb[ob..ob + block]) {
+                for ((d, &g), &y) in dst.iter_mut().zip(gs).zip(&xb[ob..ob + n]) {
                     d.write(f(g, x, y));
                 }
             }
@@ -458,6 +490,69 @@ pub(crate) fn exp(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use ndarray::{ArrayD, IxDyn};
+
+    fn filled(shape: &[usize], seed: usize) -> ArrayD<f32> {
+        let n: usize = shape.iter().product();
+        let v = (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1000.0 - 1.0)
+            .collect();
+        ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()
+    }
+
+    /// Both operands broadcast to `out` by ndarray, then `f` element by element.
+    fn reference(out: &[usize], arrays: &[&ArrayD<f32>], f: impl Fn(&[f32]) -> f32) -> Vec<f32> {
+        let views: Vec<_> = arrays
+            .iter()
+            .map(|a| {
+                a.broadcast(IxDyn(out))
+                    .unwrap()
+                    .iter()
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        (0..out.iter().product())
+            .map(|i| f(&views.iter().map(|v| v[i]).collect::<Vec<_>>()))
+            .collect()
+    }
+
+    /// Small and large outputs (one thread, several threads), blocks that do
+    /// and do not divide the work pieces, one block for the whole output
+    /// (two full-size operands), broadcasting on either side.
+    #[test]
+    fn element_wise_kernels_match_plain_broadcasting() {
+        let cases: [(&[usize], &[usize]); 7] = [
+            (&[4, 3, 5, 5], &[1, 3, 1, 1]),
+            (&[256, 6, 24, 24], &[1, 6, 1, 1]),
+            (&[256, 16, 8, 8], &[256, 16, 8, 8]),
+            (&[300, 120], &[120]),
+            (&[1, 5], &[70_001, 1]),
+            (&[3, 20_000], &[3, 1]),
+            (&[], &[9, 9]),
+        ];
+        for (sa, sb) in cases {
+            let (a, b) = (filled(sa, 1), filled(sb, 2));
+            let out = crate::autograd::ops::broadcast_shape_for_tests(sa, sb);
+            let y = super::zip_with(&a, &b, &out, |x, y| x * 3.0 - y);
+            let expected = reference(&out, &[&a, &b], |v| v[0] * 3.0 - v[1]);
+            assert_eq!(y.shape(), &out[..]);
+            assert_eq!(
+                y.iter().copied().collect::<Vec<_>>(),
+                expected,
+                "{sa:?} {sb:?}"
+            );
+            let g = filled(&out, 3);
+            let z = super::zip3(&g, &a, &b, |g, x, y| g * x + y);
+            let expected = reference(&out, &[&g, &a, &b], |v| v[0] * v[1] + v[2]);
+            assert_eq!(
+                z.iter().copied().collect::<Vec<_>>(),
+                expected,
+                "{sa:?} {sb:?}"
+            );
+        }
+    }
+
     #[test]
     fn fast_exp_is_as_accurate_as_f32_allows() {
         let mut worst: f64 = 0.0;

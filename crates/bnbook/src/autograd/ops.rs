@@ -28,6 +28,12 @@ fn broadcast_shape(op: &str, a: &[usize], b: &[usize]) -> Vec<usize> {
         .collect()
 }
 
+/// [`broadcast_shape`] for the kernels' unit tests.
+#[cfg(test)]
+pub(super) fn broadcast_shape_for_tests(a: &[usize], b: &[usize]) -> Vec<usize> {
+    broadcast_shape("test", a, b)
+}
+
 /// Applies `f` element-wise to `a` and `b` broadcast to a common shape.
 fn zip_broadcast(
     op: &str,
