@@ -440,15 +440,25 @@ fn reduce_blocks<const SA: usize, const SB: usize, const SC: usize>(
             plan.offset(2, index),
             plan.offset(3, index),
         );
-        let (xa, xb, xc) = (&xa[oa..], &xb[ob..], &xc[oc..]);
+        // each operand's values for this block: `block` of them, or one constant
+        let (xa, xb, xc) = (
+            &xa[oa..][..(block - 1) * SA + 1],
+            &xb[ob..][..(block - 1) * SB + 1],
+            &xc[oc..][..(block - 1) * SC + 1],
+        );
         if into_one {
-            // the target is one number for the whole block
+            // the target is one number for the whole block: eight running
+            // sums (lane `l` takes values l, l + 8, l + 16, …), added at the end
             let mut acc = [0.0_f32; 8];
             let full = block - block % 8;
             for start in (0..full).step_by(8) {
-                for (lane, a) in acc.iter_mut().enumerate() {
-                    let i = start + lane;
-                    *a += f(xa[i * SA], xb[i * SB], xc[i * SC]);
+                let (a, b, c) = (
+                    lanes::<SA>(xa, start),
+                    lanes::<SB>(xb, start),
+                    lanes::<SC>(xc, start),
+                );
+                for lane in 0..8 {
+                    acc[lane] += f(a[lane], b[lane], c[lane]);
                 }
             }
             let tail: f32 = (full..block)
@@ -460,6 +470,18 @@ fn reduce_blocks<const SA: usize, const SB: usize, const SC: usize>(
                 *r += f(xa[i * SA], xb[i * SB], xc[i * SC]);
             }
         }
+    }
+}
+
+/// Values `start .. start + 8` of a contiguous operand (`S = 1`), or its
+/// single value eight times (`S = 0`): one bounds check per eight values,
+/// so that the loop above vectorises.
+#[inline(always)]
+fn lanes<const S: usize>(x: &[f32], start: usize) -> [f32; 8] {
+    if S == 1 {
+        x[start..start + 8].try_into().expect("eight values")
+    } else {
+        [x[0]; 8]
     }
 }
 
@@ -515,6 +537,59 @@ mod tests {
         (0..out.iter().product())
             .map(|i| f(&views.iter().map(|v| v[i]).collect::<Vec<_>>()))
             .collect()
+    }
+
+    /// Sums down to a smaller shape (the backward pass of broadcasting):
+    /// one number per block (with and without a tail of fewer than eight
+    /// values), whole rows per block, several groups of blocks (parallel).
+    #[test]
+    fn reductions_match_plain_sums() {
+        let cases: [(&[usize], &[usize], &[usize]); 6] = [
+            (&[256, 6, 24, 24], &[1, 6, 1, 1], &[1, 6, 1, 1]),
+            (&[4, 3, 5, 5], &[1, 3, 1, 1], &[1, 3, 1, 1]),
+            (&[300, 120], &[120], &[1, 120]),
+            (&[3, 20_000], &[3, 1], &[3, 1]),
+            (&[70_001], &[1], &[]),
+            (&[5, 7], &[5, 7], &[5, 7]),
+        ];
+        for (out, sb, target) in cases {
+            let (g, b) = (filled(out, 4), filled(sb, 5));
+            let a = filled(out, 6);
+            let sum = super::reduce_zip3(out, [&g, &a, &b], target, |g, a, b| g * a - b);
+            assert_eq!(sum.shape(), target);
+            // the same sums in f64, element by element
+            let terms = reference(out, &[&g, &a, &b], |v| v[0] * v[1] - v[2]);
+            let kept: Vec<usize> = (0..out.len())
+                .map(|i| {
+                    let t = target.len() + i;
+                    if t < out.len() {
+                        1
+                    } else {
+                        target[t - out.len()]
+                    }
+                })
+                .collect();
+            let mut expected = vec![0.0_f64; sum.len()];
+            for (i, t) in terms.iter().enumerate() {
+                // index of the target element that output element `i` adds into
+                let (mut rest, mut at, mut stride) = (i, 0, 1);
+                for axis in (0..out.len()).rev() {
+                    let coord = rest % out[axis];
+                    rest /= out[axis];
+                    if kept[axis] != 1 {
+                        at += coord * stride;
+                    }
+                    stride *= kept[axis];
+                }
+                expected[at] += f64::from(*t);
+            }
+            for (s, e) in sum.iter().zip(&expected) {
+                assert!(
+                    (f64::from(*s) - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                    "{out:?} -> {target:?}: {s} vs {e}"
+                );
+            }
+        }
     }
 
     /// Small and large outputs (one thread, several threads), blocks that do
