@@ -27,7 +27,7 @@
 //! [`BatchNormOptions::d2l`] reproduces the scratch layer exactly;
 //! [`BatchNormOptions::keras`] Keras' defaults.
 
-use crate::autograd::Tensor;
+use crate::autograd::{Tensor, for_each_chunk};
 use crate::error::{Error, Result};
 use crate::nn::{BatchNormLayer, Mode, Module};
 use ndarray::{ArrayD, IxDyn};
@@ -152,29 +152,16 @@ fn channel_sums(
     (first, second)
 }
 
-/// Calls `f(channel, block_values)` on every length-`s` block of `out`, in
-/// parallel.
+/// Calls `f(channel, block_index, block_values)` on every length-`s` block
+/// of `out`, in parallel (small blocks in bunches, see [`for_each_chunk`]).
 fn for_each_block(
     out: &mut [f32],
     s: usize,
     c: usize,
     f: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
-    // Small blocks (s = 1 after a fully connected layer) are handed out in
-    // bunches: one parallel task per value would cost more than the work.
-    let blocks_per_task = (VALUES_PER_TASK / s.max(1)).max(1);
-    out.par_chunks_mut(s * blocks_per_task)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            for (j, block) in chunk.chunks_mut(s).enumerate() {
-                let i = task * blocks_per_task + j;
-                f(i % c, i, block);
-            }
-        });
+    for_each_chunk(out, s, |i, block| f(i % c, i, block));
 }
-
-/// Values per parallel task of [`for_each_block`].
-const VALUES_PER_TASK: usize = 4096;
 
 /// Sum of a block of `f32` values, accumulated in `f64`.
 fn block_sum(values: impl Iterator<Item = f32>) -> f64 {

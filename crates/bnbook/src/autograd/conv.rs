@@ -316,7 +316,7 @@ impl Tensor {
             } else {
                 let mut y = vec![0.0; g.n * g.c * plane_out];
                 // planes never share windows, so they are independent tasks
-                for_each_plane(&mut y, plane_out, |p, y| {
+                kernels::for_each_chunk(&mut y, plane_out, |p, y| {
                     let x = &x[p * plane_in..][..plane_in];
                     for (oy, y_row) in y.chunks_exact_mut(g.ow).enumerate() {
                         for ky in 0..g.kh {
@@ -354,7 +354,7 @@ impl Tensor {
                 })
             } else {
                 let mut dx = vec![0.0; g.n * g.c * plane_in];
-                for_each_plane(&mut dx, plane_in, |p, dx| {
+                kernels::for_each_chunk(&mut dx, plane_in, |p, dx| {
                     let gy = &gy[p * plane_out..][..plane_out];
                     for (oy, gy_row) in gy.chunks_exact(g.ow).enumerate() {
                         for ky in 0..g.kh {
@@ -417,7 +417,7 @@ impl Tensor {
             let gy = ctx.grad.as_standard_layout();
             let gy = gy.as_slice().expect("standard layout");
             let mut dx = vec![0.0; g.n * g.c * plane_in];
-            for_each_plane(&mut dx, plane_in, |p, dx| {
+            kernels::for_each_chunk(&mut dx, plane_in, |p, dx| {
                 let range = p * plane_out..(p + 1) * plane_out;
                 for (&g, &i) in gy[range.clone()].iter().zip(&argmax[range]) {
                     dx[i] += g;
@@ -429,23 +429,6 @@ impl Tensor {
         })
     }
 }
-
-/// Calls `f(p, plane)` for every image plane `p` (`plane_len` values) of
-/// `out`, in parallel. Planes are handed out in bunches: at LeNet's second
-/// pooling a plane holds 64 values, far too little work for one task.
-fn for_each_plane(out: &mut [f32], plane_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let per_task = (PLANE_VALUES_PER_TASK / plane_len.max(1)).max(1);
-    out.par_chunks_mut(plane_len.max(1) * per_task)
-        .enumerate()
-        .for_each(|(task, bunch)| {
-            for (j, plane) in bunch.chunks_mut(plane_len.max(1)).enumerate() {
-                f(task * per_task + j, plane);
-            }
-        });
-}
-
-/// Values per parallel task of [`for_each_plane`].
-const PLANE_VALUES_PER_TASK: usize = 1 << 13;
 
 /// Calls `f(output_index, input_index)`, both within one image plane, for
 /// every input of every pooling window (row-major order inside each window).

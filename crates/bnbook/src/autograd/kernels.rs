@@ -17,7 +17,8 @@ use std::mem::MaybeUninit;
 /// Outputs with fewer elements than this are computed on one thread.
 const PARALLEL_THRESHOLD: usize = 1 << 15;
 
-/// Values per parallel task when an output is built from small chunks.
+/// Values per parallel task of [`for_each_chunk`] when chunks are small,
+/// and per piece of [`build_blocked`].
 const VALUES_PER_TASK: usize = 1 << 13;
 
 /// How one operand is laid out relative to the output.
@@ -102,6 +103,18 @@ impl Plan {
         }
     }
 
+    /// Where operand `i`'s values for the piece starting `within` values
+    /// into block `b` begin: contiguous operands start `within` into their
+    /// block, constant ones have their single value at the block's offset.
+    fn piece_start(&self, i: usize, b: usize, within: usize) -> usize {
+        let within = if self.operands[i].contiguous {
+            within
+        } else {
+            0
+        };
+        self.offset(i, b) + within
+    }
+
     /// Start offset of block `b` in operand `i`.
     fn offset(&self, i: usize, mut b: usize) -> usize {
         let strides = &self.operands[i].outer_strides;
@@ -123,6 +136,33 @@ fn contiguous(a: &ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
+/// Calls `f(index, chunk)` for every `chunk`-sized piece of `out` (the last
+/// may be shorter), on all threads when `out` is large. Small chunks (one
+/// 64-value image plane, one value per channel after a fully connected
+/// layer) are handed out in bunches: a parallel task per chunk would cost
+/// more than the work.
+pub(crate) fn for_each_chunk<T: Send>(
+    out: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if chunk == 0 {
+        return;
+    }
+    if out.len() >= PARALLEL_THRESHOLD {
+        let per_task = (VALUES_PER_TASK / chunk).max(1);
+        out.par_chunks_mut(chunk * per_task)
+            .enumerate()
+            .for_each(|(task, bunch)| {
+                for (j, c) in bunch.chunks_mut(chunk).enumerate() {
+                    f(task * per_task + j, c);
+                }
+            });
+    } else {
+        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
 /// A vector of `len` values produced chunk by chunk: `fill(index, chunk)`
 /// must write every element of the chunk it is given (chunks of `chunk`
 /// elements; the last may be shorter). Writing into fresh capacity skips
@@ -134,36 +174,12 @@ pub(super) fn build(
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
-    let spare = &mut v.spare_capacity_mut()[..len];
-    if chunk > 0 {
-        if len >= PARALLEL_THRESHOLD {
-            // Small chunks (one image plane, one row) are handed out in
-            // bunches: a parallel task per 64-value plane would cost more
-            // than the work.
-            let per_task = (VALUES_PER_TASK / chunk.max(1)).max(1);
-            spare
-                .par_chunks_mut(chunk * per_task)
-                .enumerate()
-                .for_each(|(task, bunch)| {
-                    for (j, c) in bunch.chunks_mut(chunk).enumerate() {
-                        fill(task * per_task + j, c);
-                    }
-                });
-        } else {
-            spare
-                .chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(i, c)| fill(i, c));
-        }
-    }
+    for_each_chunk(&mut v.spare_capacity_mut()[..len], chunk, fill);
     // SAFETY: every caller's `fill` writes each element of its chunk, and the
     // chunks cover `0..len` (len is 0 when chunk is 0).
     unsafe { v.set_len(len) };
     v
 }
-
-/// Values per piece of work of [`build_blocked`].
-const CHUNK: usize = 1 << 13;
 
 /// A vector of `len` values laid out in `block`-sized blocks, produced
 /// piece by piece: `fill(b, within, piece)` must write every element of
@@ -176,8 +192,8 @@ fn build_blocked(
     block: usize,
     fill: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
-    build(len, CHUNK, |index, mut dst| {
-        let mut at = index * CHUNK;
+    build(len, VALUES_PER_TASK, |index, mut dst| {
+        let mut at = index * VALUES_PER_TASK;
         while !dst.is_empty() {
             let (b, within) = (at / block, at % block);
             let n = (block - within).min(dst.len());
@@ -203,10 +219,9 @@ pub(super) fn zip_with(
     let block = plan.block;
     let result = build_blocked(len, block, |index, within, dst| {
         let n = dst.len();
-        // contiguous operands start `within` into their block; constant ones have one value
         let (oa, ob) = (
-            plan.offset(0, index) + if ca { within } else { 0 },
-            plan.offset(1, index) + if cb { within } else { 0 },
+            plan.piece_start(0, index, within),
+            plan.piece_start(1, index, within),
         );
         match (ca, cb) {
             (true, true) => {
@@ -384,8 +399,8 @@ pub(super) fn zip3(
     let result = build_blocked(xg.len(), block, |index, within, dst| {
         let n = dst.len();
         let (oa, ob, og) = (
-            plan.offset(0, index) + if ca { within } else { 0 },
-            plan.offset(1, index) + if cb { within } else { 0 },
+            plan.piece_start(0, index, within),
+            plan.piece_start(1, index, within),
             index * block + within,
         );
         let gs = &xg[og..og + n];
@@ -608,7 +623,7 @@ mod tests {
         ];
         for (sa, sb) in cases {
             let (a, b) = (filled(sa, 1), filled(sb, 2));
-            let out = crate::autograd::ops::broadcast_shape_for_tests(sa, sb);
+            let out = crate::autograd::ops::broadcast_shape("test", sa, sb);
             let y = super::zip_with(&a, &b, &out, |x, y| x * 3.0 - y);
             let expected = reference(&out, &[&a, &b], |v| v[0] * 3.0 - v[1]);
             assert_eq!(y.shape(), &out[..]);

@@ -35,6 +35,8 @@ mod loss;
 mod ops;
 pub mod profile;
 
+pub(crate) use kernels::for_each_chunk;
+
 use ndarray::ArrayD;
 use std::cell::{Ref, RefCell, RefMut};
 use std::collections::HashSet;

@@ -9,7 +9,7 @@ use ndarray::{ArrayD, Ix2, IxDyn};
 use std::ops;
 
 /// The shape two arrays broadcast to, or a panic that names the operation.
-fn broadcast_shape(op: &str, a: &[usize], b: &[usize]) -> Vec<usize> {
+pub(super) fn broadcast_shape(op: &str, a: &[usize], b: &[usize]) -> Vec<usize> {
     let n = a.len().max(b.len());
     let dim = |s: &[usize], i: usize| {
         if i + s.len() < n {
@@ -26,12 +26,6 @@ fn broadcast_shape(op: &str, a: &[usize], b: &[usize]) -> Vec<usize> {
             _ => panic!("{op}: shapes {a:?} and {b:?} cannot be broadcast together"),
         })
         .collect()
-}
-
-/// [`broadcast_shape`] for the kernels' unit tests.
-#[cfg(test)]
-pub(super) fn broadcast_shape_for_tests(a: &[usize], b: &[usize]) -> Vec<usize> {
-    broadcast_shape("test", a, b)
 }
 
 /// Applies `f` element-wise to `a` and `b` broadcast to a common shape.
