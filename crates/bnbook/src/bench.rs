@@ -37,14 +37,15 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} batch {}: train step {:.2} ms ({:.0} examples/sec), eval forward {:.2} ms ({:.0} examples/sec), median of {} batches",
+            "{} batch {}: train step {:.2} ms ({:.0} examples/sec), eval forward {:.2} ms ({:.0} examples/sec), median of {} batch{}",
             self.model,
             self.batch_size,
             self.train_step_ms,
             self.train_examples_per_sec,
             self.eval_forward_ms,
             self.eval_examples_per_sec,
-            self.batches
+            self.batches,
+            if self.batches == 1 { "" } else { "es" }
         )
     }
 }
@@ -59,12 +60,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// values), after 5 untimed warm-up steps.
 ///
 /// # Errors
-/// If `batch_size` is below 2 (batch norm needs two values per channel).
+/// If `batch_size` is below 2 (batch norm needs two values per channel) or
+/// `batches` is 0.
 pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<BenchReport> {
     if batch_size < 2 {
         return Err(crate::Error::InvalidArgument(format!(
             "batch size must be at least 2 for batch norm training, got {batch_size}"
         )));
+    }
+    if batches == 0 {
+        return Err(crate::Error::InvalidArgument(
+            "the number of timed batches must be at least 1, got 0".into(),
+        ));
     }
     let mut rng = StdRng::seed_from_u64(0);
     let mut net = model.build(&mut rng)?;
@@ -74,7 +81,7 @@ pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<Benc
     let labels: Vec<usize> = (0..batch_size).map(|i| i % 10).collect();
     let warm_up = 5;
     let (mut train_ms, mut eval_ms) = (Vec::new(), Vec::new());
-    for i in 0..warm_up + batches.max(1) {
+    for i in 0..warm_up + batches {
         let start = Instant::now();
         let loss = net
             .forward(&x, Mode::Train)?
@@ -96,7 +103,7 @@ pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<Benc
     Ok(BenchReport {
         model: model.name().to_string(),
         batch_size,
-        batches: batches.max(1),
+        batches,
         train_step_ms,
         eval_forward_ms,
         train_examples_per_sec: batch_size as f64 / train_step_ms * 1e3,

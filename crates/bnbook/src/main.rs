@@ -9,7 +9,7 @@ use bnbook::data::{FashionMnist, LoadOptions};
 use bnbook::models::ModelKind;
 use bnbook::train::{EpochRecord, TrainConfig, train_model};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[global_allocator]
@@ -124,7 +124,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     /// Learning rate [default: the model's d2l value, 1.0 with BN, 0.9 without].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
     /// Seed of the initial weights and of the shuffling.
     #[arg(long, default_value_t = 0)]
@@ -162,6 +162,7 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     bnbook::bench::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
@@ -170,6 +171,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `println!` panics when the reader of a pipe has
+/// gone (`bnbook train | head -3`). Restoring the default action makes the
+/// program end silently instead, as `cat` or `grep` do.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any thread exists;
+    // resetting a signal to its default action has no other effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -187,6 +200,54 @@ fn set_threads(threads: Option<usize>) -> Result<(), String> {
         .map_err(|e| format!("cannot set up {n} threads: {e}"))
 }
 
+/// Checks, before any work, that an output file can be created at `path`:
+/// its directory exists and the path is not itself a directory. Saves a
+/// reader from losing a long run to a typo in `--json` or `--svg`.
+fn check_output(flag: &str, path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "{flag} {}: the directory {} does not exist; create it first or choose another path",
+            path.display(),
+            dir.display()
+        ));
+    }
+    if path.is_dir() {
+        return Err(format!(
+            "{flag} {} is a directory; give a file name, e.g. {}",
+            path.display(),
+            path.join(if flag == "--svg" {
+                "curves.svg"
+            } else {
+                "out.json"
+            })
+            .display()
+        ));
+    }
+    Ok(())
+}
+
+/// A learning rate as typed: `1`, `0.9`, `1e-4`, `1e30` (not thirty zeros).
+fn show_lr(lr: f32) -> String {
+    if lr != 0.0 && !(1e-3..1e4).contains(&lr.abs()) {
+        format!("{lr:e}")
+    } else {
+        format!("{lr}")
+    }
+}
+
+/// `n thing` or `n things`.
+fn plural(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
 fn write_json(path: &PathBuf, value: &impl serde::Serialize) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
     std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
@@ -198,6 +259,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Figures(args) => figures(args),
         Command::Norms(args) => norms(args),
         Command::Bench(args) => {
+            if let Some(path) = &args.json {
+                check_output("--json", path)?;
+            }
             set_threads(args.common.threads)?;
             let report =
                 bnbook::bench::bench(args.common.model, args.common.batch_size, args.batches)
@@ -212,10 +276,17 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn train(args: TrainArgs) -> Result<(), String> {
+    if let Some(path) = &args.json {
+        check_output("--json", path)?;
+    }
+    if let Some(path) = &args.svg {
+        check_output("--svg", path)?;
+    }
     set_threads(args.common.threads)?;
     let model = args.common.model;
     let mut options = LoadOptions::default();
     if let Some(dir) = &args.data_dir {
+        check_data_dir(dir)?;
         options = options.with_dir(dir);
     }
     if args.offline {
@@ -231,19 +302,25 @@ fn train(args: TrainArgs) -> Result<(), String> {
         limit: args.limit,
         progress: !args.quiet,
     };
+    config.validate(&data).map_err(|e| e.to_string())?;
+    let (train_examples, test_examples) =
+        (config.train_examples(&data), config.test_examples(&data));
     println!(
-        "training {model} for {} epochs: lr {}, batch {}, seed {}, {} training / {} test examples",
-        config.epochs,
-        config.lr,
+        "training {model} for {}: lr {}, batch {}, seed {}, {train_examples} training / {test_examples} test examples",
+        plural(config.epochs, "epoch"),
+        show_lr(config.lr),
         config.batch_size,
         config.seed,
-        config
-            .limit
-            .map_or(data.train.len(), |n| n.min(data.train.len())),
-        config
-            .limit
-            .map_or(data.test.len(), |n| n.min(data.test.len())),
     );
+    if config.batch_size > 1 && train_examples % config.batch_size == 1 {
+        println!(
+            "note: {train_examples} examples in batches of {} leave a last batch of one example, \
+             which batch norm cannot normalise, so the training loop skips it (for every model) \
+             and each epoch trains on {} (the shuffle decides which example waits)",
+            config.batch_size,
+            train_examples - 1
+        );
+    }
     let print_epoch = |r: &EpochRecord| {
         println!(
             "epoch {:>3}: loss {:.3}, train acc {:.3}, test acc {:.3}, {:.0} examples/sec",
@@ -253,6 +330,15 @@ fn train(args: TrainArgs) -> Result<(), String> {
     let (_net, history) =
         train_model(model, &data, &config, print_epoch).map_err(|e| e.to_string())?;
     println!("{}", history.summary());
+    if let Some(r) = history.history.iter().find(|r| !r.loss.is_finite()) {
+        eprintln!(
+            "warning: the loss became {} in epoch {}: training diverged; try a smaller --lr \
+             (this run used {}; d2l uses 1.0 with batch norm, 0.9 without)",
+            r.loss,
+            r.epoch,
+            show_lr(config.lr)
+        );
+    }
     if let Some(path) = &args.json {
         write_json(path, &history)?;
     }
@@ -271,6 +357,9 @@ fn figures(args: FiguresArgs) -> Result<(), String> {
     }
     if args.epochs == 0 {
         return Err("--epochs must be at least 1".into());
+    }
+    if args.bench_batches == 0 {
+        return Err("--bench-batches must be at least 1".into());
     }
     let data = load(args.data_dir.as_ref())?;
     let command = command_line();
@@ -291,9 +380,25 @@ fn figures(args: FiguresArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// An explicit `--data-dir` must at least exist: a typo should not quietly
+/// fall through to the other places searched.
+fn check_data_dir(dir: &Path) -> Result<(), String> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(format!(
+        "--data-dir {} is not a directory; give the directory that holds the four \
+         Fashion-MNIST files, or leave --data-dir out to search the usual places \
+         (FASHION_MNIST_DIR, data/fashion-mnist, the user cache, /usr/share/datasets/fashion-mnist) \
+         and download if needed",
+        dir.display()
+    ))
+}
+
 fn load(data_dir: Option<&PathBuf>) -> Result<FashionMnist, String> {
     let mut options = LoadOptions::default();
     if let Some(dir) = data_dir {
+        check_data_dir(dir)?;
         options = options.with_dir(dir);
     }
     FashionMnist::load(&options).map_err(|e| e.to_string())

@@ -52,6 +52,53 @@ impl TrainConfig {
             progress: true,
         }
     }
+
+    /// Training examples per epoch for `data`: all of them, or the first
+    /// [`TrainConfig::limit`].
+    pub fn train_examples(&self, data: &FashionMnist) -> usize {
+        self.limit
+            .map_or(data.train.len(), |n| n.min(data.train.len()))
+    }
+
+    /// Test examples evaluated after each epoch for `data`.
+    pub fn test_examples(&self, data: &FashionMnist) -> usize {
+        self.limit
+            .map_or(data.test.len(), |n| n.min(data.test.len()))
+    }
+
+    /// Checks the settings against `data` before any time is spent training.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if there
+    /// are no epochs, the batch size is zero, the learning rate is not a
+    /// positive finite number, or the limit leaves fewer than two training
+    /// examples (batch norm needs two per batch) or no test example.
+    pub fn validate(&self, data: &FashionMnist) -> Result<()> {
+        let invalid = |message: String| Err(crate::Error::InvalidArgument(message));
+        if self.epochs == 0 {
+            return invalid("the number of epochs must be at least 1, got 0".into());
+        }
+        if self.batch_size == 0 {
+            return invalid("the batch size must be at least 1, got 0 (d2l uses 256)".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return invalid(format!(
+                "the learning rate must be a positive number, got {} \
+                 (d2l uses 1.0 with batch norm, 0.9 without)",
+                self.lr
+            ));
+        }
+        let (train, test) = (self.train_examples(data), self.test_examples(data));
+        if train < 2 || test == 0 {
+            return invalid(format!(
+                "the limit leaves {train} training and {test} test examples; \
+                 training needs at least 2 training examples (batch norm \
+                 estimates a variance from each batch) and 1 test example, \
+                 so use a limit of at least 2"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The numbers of one epoch.
@@ -122,7 +169,8 @@ impl History {
 /// `on_epoch` after every epoch. Returns the trained network and its history.
 ///
 /// # Errors
-/// If the batch size is zero or the data is inconsistent.
+/// If the settings are invalid ([`TrainConfig::validate`]) or the data is
+/// inconsistent.
 pub fn train_model(
     model: ModelKind,
     data: &FashionMnist,
@@ -139,8 +187,8 @@ pub fn train_model(
 /// Trains `net` with SGD and softmax cross-entropy; see the module docs.
 ///
 /// # Errors
-/// If the batch size is zero, the data is inconsistent, or the network
-/// rejects the images' shape.
+/// If the settings are invalid ([`TrainConfig::validate`]), the data is
+/// inconsistent, or the network rejects the images' shape.
 pub fn train(
     net: &mut Sequential,
     name: &str,
@@ -148,6 +196,7 @@ pub fn train(
     config: &TrainConfig,
     mut on_epoch: impl FnMut(&EpochRecord),
 ) -> Result<History> {
+    config.validate(data)?; // fail now, not after minutes of training
     let params = net.parameters();
     let sgd = Sgd::new(config.lr);
     let test = match config.limit {
@@ -160,9 +209,7 @@ pub fn train(
         lr: config.lr,
         batch_size: config.batch_size,
         epochs: config.epochs,
-        train_examples: config
-            .limit
-            .map_or(data.train.len(), |n| n.min(data.train.len())),
+        train_examples: config.train_examples(data),
         test_examples: test.len(),
         history: Vec::with_capacity(config.epochs),
     };
@@ -239,4 +286,94 @@ fn progress_bar(config: &TrainConfig, batches: usize, epoch: usize) -> ProgressB
     bar.set_style(style);
     bar.set_prefix(format!("{}", epoch + 1));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array4;
+
+    /// `n` blank training and test images (validation never looks at pixels).
+    fn blank(n: usize) -> FashionMnist {
+        let split = Split {
+            images: Array4::zeros((n, 1, 28, 28)),
+            labels: vec![0; n],
+        };
+        FashionMnist {
+            train: split.clone(),
+            test: split,
+        }
+    }
+
+    fn refusal(config: &TrainConfig, data: &FashionMnist) -> String {
+        match config.validate(data) {
+            Ok(()) => panic!("{config:?} should be refused"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn d2l_recipe_is_valid() {
+        let config = TrainConfig::d2l(ModelKind::LenetBn);
+        assert!(config.validate(&blank(300)).is_ok());
+        let two = TrainConfig {
+            limit: Some(2),
+            ..config
+        };
+        assert!(
+            two.validate(&blank(300)).is_ok(),
+            "two examples make a batch"
+        );
+    }
+
+    #[test]
+    fn settings_that_would_train_on_nothing_are_refused() {
+        let data = blank(300);
+        let d2l = TrainConfig::d2l(ModelKind::LenetBn);
+        let zero_epochs = TrainConfig {
+            epochs: 0,
+            ..d2l.clone()
+        };
+        assert!(refusal(&zero_epochs, &data).contains("epochs must be at least 1"));
+        let zero_batch = TrainConfig {
+            batch_size: 0,
+            ..d2l.clone()
+        };
+        assert!(refusal(&zero_batch, &data).contains("batch size must be at least 1"));
+        for lr in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            let bad = TrainConfig { lr, ..d2l.clone() };
+            assert!(refusal(&bad, &data).contains("learning rate must be a positive number"));
+        }
+        for limit in [0, 1] {
+            let bad = TrainConfig {
+                limit: Some(limit),
+                ..d2l.clone()
+            };
+            let message = refusal(&bad, &data);
+            assert!(
+                message.contains("at least 2 training examples"),
+                "{message}"
+            );
+        }
+        // a data set with one training example cannot be trained on either
+        assert!(refusal(&d2l, &blank(1)).contains("at least 2 training examples"));
+    }
+
+    #[test]
+    fn train_checks_its_settings_before_training() {
+        let mut net = ModelKind::LenetBn
+            .build(&mut StdRng::seed_from_u64(0))
+            .unwrap();
+        let config = TrainConfig {
+            limit: Some(0),
+            progress: false,
+            ..TrainConfig::d2l(ModelKind::LenetBn)
+        };
+        let mut epochs_seen = 0;
+        let result = train(&mut net, "lenet-bn", &blank(10), &config, |_| {
+            epochs_seen += 1
+        });
+        assert!(result.is_err());
+        assert_eq!(epochs_seen, 0, "no epoch of zero examples is reported");
+    }
 }

@@ -246,30 +246,70 @@ fn results_do_not_depend_on_the_thread_count() {
     assert_eq!(run("1"), run("2"));
 }
 
+/// Runs `bnbook args`, expects it to fail with `expected` in its error
+/// message and without having trained an epoch.
+fn assert_refused(args: &[&str], expected: &str) {
+    let output = Command::new(env!("CARGO_BIN_EXE_bnbook"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{args:?} should fail");
+    assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("epoch   1"), "{args:?} trained: {stdout}");
+}
+
 #[test]
 fn command_line_reports_bad_input_clearly() {
-    let bin = env!("CARGO_BIN_EXE_bnbook");
-    let output = Command::new(bin)
-        .args(["train", "--model", "resnet"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("unknown model `resnet`") && stderr.contains("lenet-bn-concise"),
-        "{stderr}"
+    // refused before any data is loaded or any training time is spent
+    assert_refused(&["train", "--model", "resnet"], "unknown model `resnet`");
+    assert_refused(&["train", "--model", "resnet"], "lenet-bn-concise");
+    assert_refused(&["bench", "--threads", "0"], "--threads must be at least 1");
+    assert_refused(&["bench", "--batch-size", "0"], "batch size");
+    assert_refused(
+        &["bench", "--batches", "0"],
+        "timed batches must be at least 1",
     );
-    let output = Command::new(bin)
-        .args(["bench", "--threads", "0"])
-        .output()
+    assert_refused(
+        &["train", "--json", "/no/such/dir/out.json"],
+        "the directory /no/such/dir does not exist",
+    );
+    assert_refused(&["train", "--svg", "."], "is a directory");
+    assert_refused(
+        &["train", "--data-dir", "/no/such/dir"],
+        "--data-dir /no/such/dir is not a directory",
+    );
+    if skip() {
+        return;
+    }
+    // checked against the data, before the first epoch
+    let positive_lr = "learning rate must be a positive number";
+    assert_refused(&["train", "--offline", "--lr", "-1"], positive_lr);
+    assert_refused(&["train", "--offline", "--lr", "nan"], positive_lr);
+    assert_refused(
+        &["train", "--offline", "--epochs", "0"],
+        "epochs must be at least 1",
+    );
+    assert_refused(
+        &["train", "--offline", "--limit", "1"],
+        "at least 2 training examples",
+    );
+}
+
+#[test]
+fn command_line_ends_quietly_when_its_reader_goes_away() {
+    // `bnbook train | head -1`: the pipe closes while training still prints
+    let bin = env!("CARGO_BIN_EXE_bnbook");
+    let mut child = Command::new(bin)
+        .args(["bench", "--batches", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--threads must be at least 1"));
-    let output = Command::new(bin)
-        .args(["bench", "--batch-size", "0"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
+    drop(child.stdout.take()); // the reader leaves before the first line
+    let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("batch size"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(output.status.code(), Some(101), "a panic's exit code");
 }
