@@ -20,7 +20,7 @@
 use crate::autograd::Tensor;
 use crate::concise::{BatchNorm1d, BatchNormOptions};
 use crate::data::FashionMnist;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::figures::{Manifest, Writer};
 use crate::gradcheck::random_input;
 use crate::models::{ModelKind, Normalization};
@@ -59,6 +59,56 @@ pub struct CompareConfig {
     pub sweep_limit: Option<usize>,
     /// Timed repetitions per layer and shape.
     pub timing_repeats: usize,
+}
+
+impl CompareConfig {
+    /// Checks every setting against `data` before the first of many runs,
+    /// so a bad value in the sweep does not surface after the hour-long
+    /// accuracy comparison.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the setting: no seeds, zero epochs
+    /// or timing repetitions, no sweep batch size, a sweep batch size below
+    /// 2 with batch norm in the sweep, or a limit that leaves too few
+    /// examples ([`TrainConfig::validate`]).
+    pub fn validate(&self, data: &FashionMnist) -> Result<()> {
+        let invalid = |message: &str| Err(Error::InvalidArgument(message.to_string()));
+        if self.seeds.is_empty() || self.sweep_seeds.is_empty() {
+            return invalid("the accuracy comparison and the sweep need at least one seed each");
+        }
+        if self.epochs == 0 || self.sweep_epochs == 0 {
+            return invalid("the accuracy comparison and the sweep need at least 1 epoch each");
+        }
+        if self.timing_repeats == 0 {
+            return invalid("the timing needs at least 1 repetition");
+        }
+        if self.sweep_batch_sizes.is_empty() {
+            return invalid("the sweep needs at least one batch size");
+        }
+        let smallest = self.sweep_batch_sizes.iter().min().copied().unwrap_or(0);
+        if smallest < 2 && self.sweep_norms.contains(&Normalization::Batch) {
+            return Err(Error::InvalidArgument(format!(
+                "the sweep's batch size {smallest} is too small: batch norm estimates a \
+                 variance from each batch, so every batch size must be at least 2"
+            )));
+        }
+        for (part, limit) in [
+            ("accuracy comparison", self.limit),
+            ("batch-size sweep", self.sweep_limit),
+        ] {
+            let run = TrainConfig {
+                limit,
+                ..TrainConfig::d2l(ModelKind::LenetBn)
+            };
+            run.validate(data).map_err(|e| match e {
+                Error::InvalidArgument(message) => {
+                    Error::InvalidArgument(format!("{part}: {message}"))
+                }
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for CompareConfig {
@@ -636,6 +686,7 @@ pub fn sweep_chart(runs: &[SweepRun], config: &CompareConfig) -> Result<Svg> {
 /// # Errors
 /// If a run fails or a file cannot be written.
 pub fn generate(data: &FashionMnist, config: &CompareConfig, command: &str) -> Result<Manifest> {
+    config.validate(data)?;
     let mut w = Writer::new(&config.out)?;
 
     let invariances = invariance_table()?;
@@ -720,4 +771,63 @@ pub fn generate(data: &FashionMnist, config: &CompareConfig, command: &str) -> R
     };
     w.json("figures.json", "this list", &manifest)?;
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+    use crate::data::blank;
+    use crate::error::refusal;
+
+    #[test]
+    fn the_book_settings_are_valid() {
+        assert!(CompareConfig::default().validate(&blank(300)).is_ok());
+    }
+
+    #[test]
+    fn bad_settings_are_refused_before_any_run() {
+        let book = CompareConfig::default();
+        let batch_one = CompareConfig {
+            sweep_batch_sizes: vec![4, 1],
+            ..book.clone()
+        };
+        assert!(refusal(batch_one.validate(&blank(300))).contains("batch size 1 is too small"));
+        let without_bn = CompareConfig {
+            sweep_norms: vec![Normalization::Group, Normalization::Layer],
+            ..batch_one
+        };
+        assert!(
+            without_bn.validate(&blank(300)).is_ok(),
+            "group and layer norm train on single examples"
+        );
+        let no_sizes = CompareConfig {
+            sweep_batch_sizes: vec![],
+            ..book.clone()
+        };
+        assert!(refusal(no_sizes.validate(&blank(300))).contains("at least one batch size"));
+        let no_seeds = CompareConfig {
+            sweep_seeds: vec![],
+            ..book.clone()
+        };
+        assert!(refusal(no_seeds.validate(&blank(300))).contains("at least one seed"));
+        let no_epochs = CompareConfig {
+            epochs: 0,
+            ..book.clone()
+        };
+        assert!(refusal(no_epochs.validate(&blank(300))).contains("at least 1 epoch"));
+        let no_repeats = CompareConfig {
+            timing_repeats: 0,
+            ..book.clone()
+        };
+        assert!(refusal(no_repeats.validate(&blank(300))).contains("at least 1 repetition"));
+        let tiny_sweep = CompareConfig {
+            sweep_limit: Some(1),
+            ..book
+        };
+        let message = refusal(tiny_sweep.validate(&blank(300)));
+        assert!(
+            message.starts_with("invalid argument: batch-size sweep: the limit leaves 1"),
+            "{message}"
+        );
+    }
 }

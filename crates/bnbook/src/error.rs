@@ -59,3 +59,12 @@ impl From<crate::data::DataError> for Error {
 
 /// `Result` with [`Error`] as the error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message of an expected error; panics (failing the test) on `Ok`.
+#[cfg(test)]
+pub(crate) fn refusal(result: Result<()>) -> String {
+    match result {
+        Ok(()) => panic!("bad settings were accepted"),
+        Err(e) => e.to_string(),
+    }
+}

@@ -37,6 +37,33 @@ pub struct FiguresConfig {
     pub bench_batches: usize,
 }
 
+impl FiguresConfig {
+    /// Checks the settings against `data` before the first run.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if there is no seed, no epoch, no timed
+    /// batch, or the limit leaves too few examples
+    /// ([`TrainConfig::validate`]).
+    pub fn validate(&self, data: &FashionMnist) -> Result<()> {
+        if self.seeds.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the figures need at least one seed".into(),
+            ));
+        }
+        if self.bench_batches == 0 {
+            return Err(Error::InvalidArgument(
+                "the speed measurements need at least 1 timed batch".into(),
+            ));
+        }
+        let run = TrainConfig {
+            epochs: self.epochs,
+            limit: self.limit,
+            ..TrainConfig::d2l(ModelKind::LenetBn)
+        };
+        run.validate(data)
+    }
+}
+
 /// One artefact written by [`generate`].
 #[derive(Clone, Debug, Serialize)]
 pub struct Artefact {
@@ -122,6 +149,7 @@ fn series(label: String, h: &History, f: Metric) -> Series {
 /// # Errors
 /// If the data cannot be loaded, a run fails, or a file cannot be written.
 pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> Result<Manifest> {
+    config.validate(data)?;
     let mut w = Writer::new(&config.out)?;
     let run = |model: ModelKind, seed: u64| -> Result<(crate::nn::Sequential, History)> {
         let cfg = TrainConfig {
@@ -530,3 +558,45 @@ fn agreement() -> Result<Agreement> {
 
 /// The default output directory, relative to the repository root.
 pub const DEFAULT_OUT_DIR: &str = "book/generated";
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+    use crate::data::blank;
+    use crate::error::refusal;
+
+    fn book() -> FiguresConfig {
+        FiguresConfig {
+            out: PathBuf::from("unused"),
+            epochs: 10,
+            seeds: vec![0, 1, 2],
+            limit: None,
+            bench_batches: 50,
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_refused_before_any_run() {
+        assert!(book().validate(&blank(300)).is_ok());
+        let no_seeds = FiguresConfig {
+            seeds: vec![],
+            ..book()
+        };
+        assert!(refusal(no_seeds.validate(&blank(300))).contains("at least one seed"));
+        let no_batches = FiguresConfig {
+            bench_batches: 0,
+            ..book()
+        };
+        assert!(refusal(no_batches.validate(&blank(300))).contains("at least 1 timed batch"));
+        let no_epochs = FiguresConfig {
+            epochs: 0,
+            ..book()
+        };
+        assert!(refusal(no_epochs.validate(&blank(300))).contains("epochs must be at least 1"));
+        let tiny = FiguresConfig {
+            limit: Some(1),
+            ..book()
+        };
+        assert!(refusal(tiny.validate(&blank(300))).contains("at least 2 training examples"));
+    }
+}

@@ -352,15 +352,6 @@ fn train(args: TrainArgs) -> Result<(), String> {
 
 fn figures(args: FiguresArgs) -> Result<(), String> {
     set_threads(args.threads)?;
-    if args.seeds.is_empty() {
-        return Err("--seeds needs at least one seed".into());
-    }
-    if args.epochs == 0 {
-        return Err("--epochs must be at least 1".into());
-    }
-    if args.bench_batches == 0 {
-        return Err("--bench-batches must be at least 1".into());
-    }
     let data = load(args.data_dir.as_ref())?;
     let command = command_line();
     let config = bnbook::figures::FiguresConfig {
@@ -414,18 +405,6 @@ fn command_line() -> String {
 
 fn norms(args: NormsArgs) -> Result<(), String> {
     set_threads(args.threads)?;
-    if args.seeds.is_empty() || args.sweep_seeds.is_empty() {
-        return Err("--seeds and --sweep-seeds need at least one seed each".into());
-    }
-    if args.epochs == 0 || args.sweep_epochs == 0 {
-        return Err("--epochs and --sweep-epochs must be at least 1".into());
-    }
-    if args.sweep_batch_sizes.is_empty() || args.sweep_batch_sizes.contains(&0) {
-        return Err("--sweep-batch-sizes needs one or more sizes, each at least 1".into());
-    }
-    if args.timing_repeats == 0 {
-        return Err("--timing-repeats must be at least 1".into());
-    }
     let data = load(args.data_dir.as_ref())?;
     let config = bnbook::compare::CompareConfig {
         out: args.out,

@@ -291,26 +291,8 @@ fn progress_bar(config: &TrainConfig, batches: usize, epoch: usize) -> ProgressB
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::Array4;
-
-    /// `n` blank training and test images (validation never looks at pixels).
-    fn blank(n: usize) -> FashionMnist {
-        let split = Split {
-            images: Array4::zeros((n, 1, 28, 28)),
-            labels: vec![0; n],
-        };
-        FashionMnist {
-            train: split.clone(),
-            test: split,
-        }
-    }
-
-    fn refusal(config: &TrainConfig, data: &FashionMnist) -> String {
-        match config.validate(data) {
-            Ok(()) => panic!("{config:?} should be refused"),
-            Err(e) => e.to_string(),
-        }
-    }
+    use crate::data::blank;
+    use crate::error::refusal;
 
     #[test]
     fn d2l_recipe_is_valid() {
@@ -334,29 +316,31 @@ mod tests {
             epochs: 0,
             ..d2l.clone()
         };
-        assert!(refusal(&zero_epochs, &data).contains("epochs must be at least 1"));
+        assert!(refusal(zero_epochs.validate(&data)).contains("epochs must be at least 1"));
         let zero_batch = TrainConfig {
             batch_size: 0,
             ..d2l.clone()
         };
-        assert!(refusal(&zero_batch, &data).contains("batch size must be at least 1"));
+        assert!(refusal(zero_batch.validate(&data)).contains("batch size must be at least 1"));
         for lr in [0.0, -1.0, f32::NAN, f32::INFINITY] {
             let bad = TrainConfig { lr, ..d2l.clone() };
-            assert!(refusal(&bad, &data).contains("learning rate must be a positive number"));
+            assert!(
+                refusal(bad.validate(&data)).contains("learning rate must be a positive number")
+            );
         }
         for limit in [0, 1] {
             let bad = TrainConfig {
                 limit: Some(limit),
                 ..d2l.clone()
             };
-            let message = refusal(&bad, &data);
+            let message = refusal(bad.validate(&data));
             assert!(
                 message.contains("at least 2 training examples"),
                 "{message}"
             );
         }
         // a data set with one training example cannot be trained on either
-        assert!(refusal(&d2l, &blank(1)).contains("at least 2 training examples"));
+        assert!(refusal(d2l.validate(&blank(1))).contains("at least 2 training examples"));
     }
 
     #[test]

@@ -347,3 +347,17 @@ fn build_split(
         labels: labels[..kept].to_vec(),
     })
 }
+
+/// `n` blank training and test images labelled 0, for tests of code that
+/// checks settings against a data set without looking at pixels.
+#[cfg(test)]
+pub(crate) fn blank(n: usize) -> FashionMnist {
+    let split = Split {
+        images: ndarray::Array4::zeros((n, 1, 28, 28)),
+        labels: vec![0; n],
+    };
+    FashionMnist {
+        train: split.clone(),
+        test: split,
+    }
+}
