@@ -29,7 +29,7 @@
 
 use crate::autograd::{Tensor, for_each_chunk};
 use crate::error::{Error, Result};
-use crate::nn::{BatchNormLayer, Mode, Module};
+use crate::nn::{BatchNormLayer, Mode, Module, check_eps, check_weight};
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 
@@ -108,6 +108,22 @@ impl BatchNormOptions {
             running_variance: RunningVariance::Biased,
             affine: true,
         }
+    }
+}
+
+impl BatchNormOptions {
+    /// ε positive and finite, a new-batch weight in `[0, 1]`. Checked when a
+    /// layer is built and on every forward pass (the field is public).
+    fn check(&self) -> Result<()> {
+        check_eps("BatchNorm", self.eps)?;
+        if let Momentum::NewBatchWeight(w) = self.momentum {
+            check_weight(
+                "BatchNorm",
+                "weight of the new batch; Momentum::from_old_weight(m) gives 1 - m",
+                w,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -195,6 +211,10 @@ fn channel_moments(x: &[f32], (n, c, s): (usize, usize, usize)) -> (Vec<f32>, Ve
 /// `batch_statistics` says whether `mean`/`inv_std` were computed from this
 /// very batch (training), in which case they depend on `x` and the backward
 /// pass has the two extra terms; otherwise (evaluation) they are constants.
+///
+/// # Errors
+/// If `x` has fewer than two axes or `gamma`, `beta`, `mean`, `inv_std` do
+/// not hold one value per channel.
 pub fn batch_norm_fused(
     x: &Tensor,
     gamma: Option<&Tensor>,
@@ -202,8 +222,9 @@ pub fn batch_norm_fused(
     mean: Vec<f32>,
     inv_std: Vec<f32>,
     batch_statistics: bool,
-) -> Tensor {
+) -> Result<Tensor> {
     let shape = x.shape();
+    check_per_channel(&shape, gamma, beta, &mean, &inv_std)?;
     let (n, c, s) = channel_layout(&shape);
     let scale: Vec<f32> = match gamma {
         Some(g) => g.value().iter().zip(&inv_std).map(|(g, i)| g * i).collect(),
@@ -229,64 +250,102 @@ pub fn batch_norm_fused(
     parents.extend(gamma);
     parents.extend(beta);
     let has_gamma = gamma.is_some();
-    Tensor::from_op("batch_norm_fused", y, &parents, move |ctx| {
-        let x = ctx.input(0).as_standard_layout();
-        let x = x.as_slice().expect("standard layout");
-        let g = ctx.grad.as_standard_layout();
-        let g = g.as_slice().expect("standard layout");
-        let blocks = |i: usize| (&x[i * s..][..s], &g[i * s..][..s]); // (x, g) of block i
-        // per channel: Σ g and Σ g·x̂
-        let (sum_g, sum_gx) = channel_sums(n, c, |ch, i| {
-            let (mu, inv) = (mean[ch], inv_std[ch]);
-            let (xb, gb) = blocks(i);
-            let sg = xb.iter().zip(gb).fold(0.0_f32, |a, (_, &gv)| a + gv);
-            let sgx = xb
-                .iter()
-                .zip(gb)
-                .fold(0.0_f32, |a, (&xv, &gv)| a + gv * (xv - mu) * inv);
-            (f64::from(sg), f64::from(sgx))
-        });
-        let dx = ctx.needs(0).then(|| {
-            let m = (n * s) as f32;
-            let mut dx = ArrayD::<f32>::zeros(IxDyn(&shape));
-            for_each_block(
-                dx.as_slice_mut().expect("fresh array"),
-                s,
-                c,
-                |ch, i, db| {
-                    let (mu, inv, k) = (mean[ch], inv_std[ch], scale[ch]);
-                    let (xb, gb) = blocks(i);
-                    if batch_statistics {
-                        // ∂L/∂x = γ·inv/m · (m·g − Σg − x̂·Σg·x̂)
-                        let (sg, sgx) = ((sum_g[ch] as f32) / m, (sum_gx[ch] as f32) / m);
-                        for ((d, &xv), &gv) in db.iter_mut().zip(xb).zip(gb) {
-                            *d = k * (gv - sg - (xv - mu) * inv * sgx);
+    Ok(Tensor::from_op(
+        "batch_norm_fused",
+        y,
+        &parents,
+        move |ctx| {
+            let x = ctx.input(0).as_standard_layout();
+            let x = x.as_slice().expect("standard layout");
+            let g = ctx.grad.as_standard_layout();
+            let g = g.as_slice().expect("standard layout");
+            let blocks = |i: usize| (&x[i * s..][..s], &g[i * s..][..s]); // (x, g) of block i
+            // per channel: Σ g and Σ g·x̂
+            let (sum_g, sum_gx) = channel_sums(n, c, |ch, i| {
+                let (mu, inv) = (mean[ch], inv_std[ch]);
+                let (xb, gb) = blocks(i);
+                let sg = xb.iter().zip(gb).fold(0.0_f32, |a, (_, &gv)| a + gv);
+                let sgx = xb
+                    .iter()
+                    .zip(gb)
+                    .fold(0.0_f32, |a, (&xv, &gv)| a + gv * (xv - mu) * inv);
+                (f64::from(sg), f64::from(sgx))
+            });
+            let dx = ctx.needs(0).then(|| {
+                let m = (n * s) as f32;
+                let mut dx = ArrayD::<f32>::zeros(IxDyn(&shape));
+                for_each_block(
+                    dx.as_slice_mut().expect("fresh array"),
+                    s,
+                    c,
+                    |ch, i, db| {
+                        let (mu, inv, k) = (mean[ch], inv_std[ch], scale[ch]);
+                        let (xb, gb) = blocks(i);
+                        if batch_statistics {
+                            // ∂L/∂x = γ·inv/m · (m·g − Σg − x̂·Σg·x̂)
+                            let (sg, sgx) = ((sum_g[ch] as f32) / m, (sum_gx[ch] as f32) / m);
+                            for ((d, &xv), &gv) in db.iter_mut().zip(xb).zip(gb) {
+                                *d = k * (gv - sg - (xv - mu) * inv * sgx);
+                            }
+                        } else {
+                            // statistics are constants: ∂L/∂x = γ·inv·g
+                            for (d, &gv) in db.iter_mut().zip(gb) {
+                                *d = k * gv;
+                            }
                         }
-                    } else {
-                        // statistics are constants: ∂L/∂x = γ·inv·g
-                        for (d, &gv) in db.iter_mut().zip(gb) {
-                            *d = k * gv;
-                        }
-                    }
-                },
-            );
-            dx
-        });
-        let to_array = |v: &[f64]| {
-            ArrayD::from_shape_vec(IxDyn(&[c]), v.iter().map(|&x| x as f32).collect())
-                .expect("c values")
-        };
-        let mut grads = vec![dx];
-        if has_gamma {
-            grads.push(ctx.needs(1).then(|| to_array(&sum_gx)));
-        }
-        if ctx.inputs.len() > 1 + usize::from(has_gamma) {
-            grads.push(ctx.needs(grads.len()).then(|| to_array(&sum_g)));
-        }
-        grads
-    })
+                    },
+                );
+                dx
+            });
+            let to_array = |v: &[f64]| {
+                ArrayD::from_shape_vec(IxDyn(&[c]), v.iter().map(|&x| x as f32).collect())
+                    .expect("c values")
+            };
+            let mut grads = vec![dx];
+            if has_gamma {
+                grads.push(ctx.needs(1).then(|| to_array(&sum_gx)));
+            }
+            if ctx.inputs.len() > 1 + usize::from(has_gamma) {
+                grads.push(ctx.needs(grads.len()).then(|| to_array(&sum_g)));
+            }
+            grads
+        },
+    ))
 }
 // ANCHOR_END: fused
+
+/// Checks that `x` (shape `shape`) has a channel axis and that every
+/// per-channel input of [`batch_norm_fused`] has one value per channel.
+fn check_per_channel(
+    shape: &[usize],
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    mean: &[f32],
+    inv_std: &[f32],
+) -> Result<()> {
+    let Some(&c) = shape.get(1) else {
+        return Err(Error::shape(
+            "batch_norm_fused",
+            format!("expected (N, C) or (N, C, H, W), got shape {shape:?}"),
+        ));
+    };
+    // γ and β are parameters of shape (C,): their gradients come back so
+    let shapes = [
+        ("gamma", gamma.map(Tensor::shape)),
+        ("beta", beta.map(Tensor::shape)),
+        ("mean", Some(vec![mean.len()])),
+        ("inv_std", Some(vec![inv_std.len()])),
+    ];
+    for (name, got) in shapes {
+        if let Some(got) = got.filter(|got| got[..] != [c]) {
+            return Err(Error::shape(
+                "batch_norm_fused",
+                format!("{name} has shape {got:?}; input {shape:?} needs [{c}], one per channel"),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Batch norm as a framework provides it, for `(N, C)` inputs when
 /// `RANK = 2` ([`BatchNorm1d`]) and `(N, C, H, W)` inputs when `RANK = 4`
@@ -324,27 +383,21 @@ impl<const RANK: usize> ConciseBatchNorm<RANK> {
     /// A layer with the given conventions.
     ///
     /// # Errors
-    /// If `num_features` is 0, `eps` is not positive, or the momentum
-    /// weight is outside `[0, 1]`.
+    /// If `RANK` is not 2 or 4, `num_features` is 0, `eps` is not a
+    /// positive finite number, or the momentum weight is outside `[0, 1]`.
     pub fn with_options(num_features: usize, options: BatchNormOptions) -> Result<Self> {
         if num_features == 0 {
             return Err(Error::InvalidArgument(
                 "BatchNorm: num_features must be at least 1".into(),
             ));
         }
-        if options.eps.is_nan() || options.eps <= 0.0 {
+        if RANK != 2 && RANK != 4 {
             return Err(Error::InvalidArgument(format!(
-                "BatchNorm: eps must be positive, got {}",
-                options.eps
+                "ConciseBatchNorm::<{RANK}>: the rank must be 2 (BatchNorm1d, after a Linear \
+                 layer) or 4 (BatchNorm2d, after a Conv2d)"
             )));
         }
-        if let Momentum::NewBatchWeight(w) = options.momentum
-            && !(0.0..=1.0).contains(&w)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "BatchNorm: momentum (weight of the new batch) must be in [0, 1], got {w}"
-            )));
-        }
+        options.check()?;
         let param = |v: f32| Tensor::parameter(ArrayD::from_elem(IxDyn(&[num_features]), v));
         Ok(ConciseBatchNorm {
             gamma: options.affine.then(|| param(1.0)),
@@ -376,6 +429,7 @@ impl<const RANK: usize> ConciseBatchNorm<RANK> {
 impl<const RANK: usize> Module for ConciseBatchNorm<RANK> {
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.check_input(x)?;
+        self.options.check()?;
         let eps = self.options.eps;
         let (mean, var, batch_statistics) = match mode {
             Mode::Eval => (self.running_mean.clone(), self.running_var.clone(), false),
@@ -402,14 +456,14 @@ impl<const RANK: usize> Module for ConciseBatchNorm<RANK> {
             }
         };
         let inv_std = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-        Ok(batch_norm_fused(
+        batch_norm_fused(
             x,
             self.gamma.as_ref(),
             self.beta.as_ref(),
             mean,
             inv_std,
             batch_statistics,
-        ))
+        )
     }
 
     fn parameters(&self) -> Vec<Tensor> {

@@ -48,7 +48,7 @@
 
 use crate::autograd::Tensor;
 use crate::error::{Error, Result};
-use crate::nn::{Mode, Module};
+use crate::nn::{Mode, Module, check_eps};
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 
@@ -106,22 +106,28 @@ impl NormOptions {
     }
 
     fn check(&self, layer: &str) -> Result<()> {
-        if self.eps.is_nan() || self.eps <= 0.0 {
-            return Err(Error::InvalidArgument(format!(
-                "{layer}: eps must be positive, got {}",
-                self.eps
-            )));
-        }
-        Ok(())
+        check_eps(layer, self.eps)
     }
+}
+
+/// Refuses an input without values (an empty batch or an empty feature
+/// map): there is nothing to normalise, and no statistic to compute.
+fn check_not_empty(layer: String, shape: &[usize]) -> Result<()> {
+    if shape.contains(&0) {
+        return Err(Error::shape(
+            layer,
+            format!("got an empty input of shape {shape:?}; there is nothing to normalise"),
+        ));
+    }
+    Ok(())
 }
 
 /// Splits the elements of `x` into `rows` rows of equal length `k`.
 fn row_length(x: &Tensor, rows: usize) -> usize {
     let numel: usize = x.shape().iter().product();
     assert!(
-        rows > 0 && numel.is_multiple_of(rows),
-        "standardize_rows: {numel} values cannot be split into {rows} equal rows"
+        rows > 0 && numel > 0 && numel.is_multiple_of(rows),
+        "standardize_rows: {numel} values cannot be split into {rows} equal, non-empty rows"
     );
     numel / rows
 }
@@ -133,8 +139,8 @@ fn row_length(x: &Tensor, rows: usize) -> usize {
 /// variance σ². One autograd operation with the analytic backward pass.
 ///
 /// # Panics
-/// If the number of elements is not a multiple of `rows` (the layers check
-/// shapes first and return errors instead).
+/// If `x` is empty or its number of elements is not a multiple of `rows`
+/// (the layers check shapes first and return errors instead).
 pub fn standardize_rows_fused(x: &Tensor, rows: usize, eps: f32) -> Tensor {
     let k = row_length(x, rows);
     let shape = x.shape();
@@ -196,7 +202,7 @@ pub fn standardize_rows_fused(x: &Tensor, rows: usize, eps: f32) -> Tensor {
 /// biased variance along each row, normalise, view back.
 ///
 /// # Panics
-/// If the number of elements is not a multiple of `rows`.
+/// If `x` is empty or its number of elements is not a multiple of `rows`.
 pub fn standardize_rows_composed(x: &Tensor, rows: usize, eps: f32) -> Tensor {
     let k = row_length(x, rows);
     let shape = x.shape();
@@ -317,6 +323,7 @@ impl Module for LayerNorm {
                 ),
             ));
         }
+        check_not_empty(self.describe(), &shape)?;
         let rows = shape[..shape.len() - d].iter().product();
         let x_hat = standardize(x, rows, &self.options);
         Ok(match (&self.gamma, &self.beta) {
@@ -426,6 +433,7 @@ impl Module for GroupNorm {
                 ),
             ));
         }
+        check_not_empty(self.describe(), &shape)?;
         // an example's group of C/G channels is one contiguous row
         let rows = shape[0] * self.num_groups;
         Ok(standardize_then_per_channel_affine(
@@ -510,6 +518,7 @@ impl Module for InstanceNorm2d {
                 ),
             ));
         }
+        check_not_empty(self.describe(), &shape)?;
         if shape[2] * shape[3] < 2 {
             return Err(Error::shape(
                 self.describe(),

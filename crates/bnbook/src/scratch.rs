@@ -23,7 +23,7 @@
 
 use crate::autograd::Tensor;
 use crate::error::{Error, Result};
-use crate::nn::{BatchNormLayer, Mode, Module};
+use crate::nn::{BatchNormLayer, Mode, Module, check_eps, check_weight};
 use ndarray::{ArrayD, IxDyn};
 
 /// The axes batch statistics are taken over: the batch axis for fully
@@ -63,7 +63,8 @@ pub fn parameter_shape(num_features: usize, rank: usize) -> Vec<usize> {
 /// Returns `(Y, new_moving_mean, new_moving_var)`.
 ///
 /// # Errors
-/// If `x` is not rank 2 or 4, or the other shapes do not match its channels.
+/// If `x` is not rank 2 or 4, the other shapes do not match its channels,
+/// `eps` is not a positive finite number or `momentum` is outside `[0, 1]`.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm(
     x: &Tensor,
@@ -76,6 +77,8 @@ pub fn batch_norm(
     mode: Mode,
 ) -> Result<(Tensor, ArrayD<f32>, ArrayD<f32>)> {
     check_shapes(x, gamma, beta, moving_mean, moving_var, mode)?;
+    check_eps("batch_norm", eps)?;
+    check_weight("batch_norm", "weight of the old moving value", momentum)?;
     let axes = statistics_axes(x.ndim()).expect("rank checked");
     let (x_hat, new_mean, new_var) = match mode {
         Mode::Eval => {

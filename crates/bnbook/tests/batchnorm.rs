@@ -3,6 +3,7 @@
 
 use bnbook::concise::{
     BatchNorm1d, BatchNorm2d, BatchNormOptions, ConciseBatchNorm, Momentum, RunningVariance,
+    batch_norm_fused,
 };
 use bnbook::gradcheck::{GradCheck, random_input};
 use bnbook::ndarray::{ArrayD, IxDyn};
@@ -323,14 +324,20 @@ fn training_output_is_normalised() {
     }
 }
 
-#[test]
-fn bad_inputs_give_clear_errors() {
-    let p = parameter_shape(3, 2);
-    let (g, b) = (
+/// γ = 1, β = 0, moving mean 0 and moving variance 1 for `c` features.
+fn fresh_state(c: usize) -> (Tensor, Tensor, ArrayD<f32>, ArrayD<f32>) {
+    let p = parameter_shape(c, 2);
+    (
         Tensor::new(ArrayD::ones(IxDyn(&p))),
         Tensor::new(ArrayD::zeros(IxDyn(&p))),
-    );
-    let (mm, mv) = (ArrayD::zeros(IxDyn(&p)), ArrayD::ones(IxDyn(&p)));
+        ArrayD::zeros(IxDyn(&p)),
+        ArrayD::ones(IxDyn(&p)),
+    )
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let (g, b, mm, mv) = fresh_state(3);
     let rank3 = Tensor::new(ArrayD::zeros(IxDyn(&[2, 3, 4])));
     let err = batch_norm(&rank3, &g, &b, &mm, &mv, 1e-5, 0.9, Mode::Train)
         .unwrap_err()
@@ -393,6 +400,98 @@ fn bad_inputs_give_clear_errors() {
         ..Default::default()
     };
     assert!(BatchNorm1d::with_options(3, bad).is_err());
+}
+
+#[test]
+fn bad_hyper_parameters_are_errors_not_nan() {
+    let (g, b, mm, mv) = fresh_state(3);
+    let x = Tensor::new(ArrayD::zeros(IxDyn(&[4, 3]))); // constant channels
+    for eps in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let err = batch_norm(&x, &g, &b, &mm, &mv, eps, 0.9, Mode::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("eps must be a small positive number"), "{err}");
+        let options = BatchNormOptions {
+            eps,
+            ..Default::default()
+        };
+        assert!(BatchNorm1d::with_options(3, options).is_err(), "eps {eps}");
+    }
+    for momentum in [-1.0, 5.0, f32::NAN] {
+        let err = batch_norm(&x, &g, &b, &mm, &mv, 1e-5, momentum, Mode::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("weight of the old moving value"), "{err}");
+    }
+    // the layers' public fields are checked on every forward pass
+    let mut scratch = BatchNorm::new(3, 2).unwrap();
+    scratch.eps = -1.0;
+    assert!(scratch.forward(&x, Mode::Eval).is_err());
+    let mut fused = BatchNorm1d::new(3).unwrap();
+    fused.options.momentum = Momentum::NewBatchWeight(f32::NAN);
+    assert!(fused.forward(&x, Mode::Train).is_err());
+    assert_eq!(fused.running_mean, vec![0.0; 3], "state untouched");
+    fused.options.momentum = Momentum::NewBatchWeight(0.1);
+    fused.running_mean.clear();
+    let err = fused.forward(&x, Mode::Eval).unwrap_err().to_string();
+    assert!(err.contains("mean has shape [0]"), "{err}");
+    // the old-weight convention is named in the message
+    let options = BatchNormOptions {
+        momentum: Momentum::from_old_weight(-0.5),
+        ..Default::default()
+    };
+    let err = BatchNorm1d::with_options(3, options)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("from_old_weight(m) gives 1 - m"), "{err}");
+}
+
+#[test]
+fn concise_batch_norm_exists_for_ranks_two_and_four_only() {
+    assert!(ConciseBatchNorm::<0>::new(3).is_err());
+    let err = ConciseBatchNorm::<1>::new(3).err().unwrap().to_string();
+    assert!(
+        err.contains("rank must be 2") && err.contains("or 4"),
+        "{err}"
+    );
+    assert!(ConciseBatchNorm::<3>::new(3).is_err());
+    assert!(ConciseBatchNorm::<2>::new(3).is_ok() && ConciseBatchNorm::<4>::new(3).is_ok());
+}
+
+#[test]
+fn fused_op_checks_its_per_channel_inputs() {
+    let x = Tensor::new(ArrayD::zeros(IxDyn(&[2, 3])));
+    let stats = || (vec![0.0; 3], vec![1.0; 3]);
+    let (mean, inv_std) = stats();
+    let err = batch_norm_fused(
+        &Tensor::new(ArrayD::zeros(IxDyn(&[3]))),
+        None,
+        None,
+        mean,
+        inv_std,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("expected (N, C)"), "{err}");
+    let err = batch_norm_fused(&x, None, None, vec![0.0; 2], vec![1.0; 3], true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mean has shape [2]"), "{err}");
+    for gamma_shape in [&[2][..], &[5], &[1, 3]] {
+        let gamma = Tensor::parameter(ArrayD::ones(IxDyn(gamma_shape)));
+        let (mean, inv_std) = stats();
+        let err = batch_norm_fused(&x, Some(&gamma), None, mean, inv_std, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gamma has shape") && err.contains("needs [3]"),
+            "{err}"
+        );
+    }
+    let (mean, inv_std) = stats();
+    assert!(batch_norm_fused(&x, None, None, mean, inv_std, false).is_ok());
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use bnbook::gradcheck::{GradCheck, random_input};
 use bnbook::ndarray::ArrayD;
 use bnbook::nn::{
-    AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential, Sigmoid,
+    AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential, Sigmoid, count_correct,
 };
 use bnbook::{Mode, Tensor};
 use rand::SeedableRng;
@@ -203,6 +203,43 @@ fn layers_reject_bad_shapes_with_clear_errors() {
             .is_err()
     );
     assert!(MaxPool2d::new(2, 0).is_err());
+    // padding as large as the kernel (or absurdly larger) and empty images
+    for padding in [3, usize::MAX / 2 + 1] {
+        let err = Conv2d::new(1, 1, 3, &mut r)
+            .unwrap()
+            .with_padding(padding)
+            .forward(&Tensor::new(ArrayD::zeros(vec![1, 1, 4, 4])), Mode::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("use at most 2 (1 keeps the image size"),
+            "{err}"
+        );
+    }
+    let empty = Tensor::parameter(ArrayD::zeros(vec![1, 1, 0, 0]));
+    let err = Conv2d::new(1, 2, 3, &mut r)
+        .unwrap()
+        .with_padding(2)
+        .forward(&empty, Mode::Train)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("empty 0x0 image"), "{err}");
+}
+
+#[test]
+fn accuracy_count_refuses_bad_labels_and_does_not_reward_nan() {
+    let logits = Tensor::new(
+        ArrayD::from_shape_vec(vec![2, 3], vec![0.0, 2.0, 1.0, 3.0, 0.0, 0.0]).unwrap(),
+    );
+    assert_eq!(count_correct(&logits, &[1, 0]).unwrap(), 2);
+    let err = count_correct(&logits, &[1, 3]).unwrap_err().to_string();
+    assert!(
+        err.contains("label 3 is out of range for 3 classes"),
+        "{err}"
+    );
+    // a diverged network's NaN scores are not a prediction of class 0
+    let nan = Tensor::new(ArrayD::from_elem(vec![2, 3], f32::NAN));
+    assert_eq!(count_correct(&nan, &[0, 0]).unwrap(), 0);
 }
 
 #[test]

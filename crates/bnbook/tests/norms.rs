@@ -426,4 +426,24 @@ fn bad_shapes_and_arguments_are_clear_errors() {
     assert!(e.contains("got shape [6]"), "{e}");
     let e = error_of(LayerNorm::new(&[3, 4]).unwrap(), &[2, 4, 3]);
     assert!(e.contains("[3, 4]"), "{e}");
+    // empty batches and empty feature maps, with either implementation
+    for implementation in [Implementation::Fused, Implementation::Composed] {
+        let options = NormOptions::default().with_implementation(implementation);
+        let layer = LayerNorm::with_options(&[4], options).unwrap();
+        assert!(error_of(layer, &[0, 4]).contains("empty input of shape [0, 4]"));
+        for shape in [&[0, 4, 3, 3][..], &[2, 4, 0, 0], &[2, 4, 3, 0]] {
+            let e = error_of(GroupNorm::with_options(2, 4, options).unwrap(), shape);
+            assert!(e.contains("empty input"), "{e}");
+        }
+        let e = error_of(
+            InstanceNorm2d::with_options(3, options).unwrap(),
+            &[0, 3, 4, 4],
+        );
+        assert!(e.contains("empty input"), "{e}");
+    }
+    let bad_eps = NormOptions {
+        eps: f32::INFINITY,
+        ..Default::default()
+    };
+    assert!(GroupNorm::with_options(2, 4, bad_eps).is_err());
 }

@@ -173,10 +173,14 @@ pub(super) fn build(
     chunk: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
+    assert!(
+        chunk > 0 || len == 0,
+        "build: {len} values cannot be filled in chunks of 0"
+    );
     let mut v = Vec::with_capacity(len);
     for_each_chunk(&mut v.spare_capacity_mut()[..len], chunk, fill);
     // SAFETY: every caller's `fill` writes each element of its chunk, and the
-    // chunks cover `0..len` (len is 0 when chunk is 0).
+    // chunks cover `0..len` (asserted above when chunk is 0).
     unsafe { v.set_len(len) };
     v
 }

@@ -23,8 +23,9 @@ fn default_bias<R: Rng + ?Sized>(len: usize, fan_in: usize, rng: &mut R) -> Tens
     Tensor::parameter(uniform(&[len], 1.0 / (fan_in as f32).sqrt(), rng))
 }
 
-/// Checks that `x` is `(N, C, H, W)`, with `channels` channels if given, and
-/// that a `kernel` window with `padding` fits.
+/// Checks that `x` is a non-empty `(N, C, H, W)` image batch, with `channels`
+/// channels if given, that `padding` is below `kernel` and that a `kernel`
+/// window with `padding` fits.
 fn check_image(
     layer: &str,
     x: &Tensor,
@@ -44,6 +45,22 @@ fn check_image(
             layer,
             format!("expected {expected} input channels, got {c} (input shape {shape:?})"),
         ));
+    }
+    if h == 0 || w == 0 {
+        return Err(Error::shape(
+            layer,
+            format!("got an empty {h}x{w} image (input shape {shape:?})"),
+        ));
+    }
+    if padding >= kernel {
+        // also keeps h + 2·padding far from overflowing
+        return Err(Error::InvalidArgument(format!(
+            "{layer}: padding {padding} is not smaller than the {kernel}x{kernel} kernel, so some \
+             windows would see nothing but padding; use at most {} ({} keeps the image size \
+             for an odd kernel)",
+            kernel - 1,
+            kernel / 2
+        )));
     }
     if h + 2 * padding < kernel || w + 2 * padding < kernel {
         return Err(Error::shape(
@@ -179,7 +196,8 @@ impl Conv2d {
         })
     }
 
-    /// Sets the zero padding added on every side.
+    /// Sets the zero padding added on every side. It must be smaller than
+    /// the kernel size, or `forward` returns an error.
     pub fn with_padding(mut self, padding: usize) -> Self {
         self.padding = padding;
         self

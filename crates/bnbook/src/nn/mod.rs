@@ -206,11 +206,36 @@ impl std::fmt::Debug for Sequential {
     }
 }
 
+/// Checks a normalisation layer's ε: it must be a positive, finite number
+/// (0 divides by zero on a constant channel, a negative or NaN ε gives NaN,
+/// an infinite one erases the input).
+pub(crate) fn check_eps(layer: &str, eps: f32) -> Result<()> {
+    if eps.is_finite() && eps > 0.0 {
+        return Ok(());
+    }
+    Err(crate::Error::InvalidArgument(format!(
+        "{layer}: eps must be a small positive number such as 1e-5, got {eps}"
+    )))
+}
+
+/// Checks a momentum-like weight: a number in `[0, 1]` (`what` names the
+/// convention, e.g. "weight of the old moving value").
+pub(crate) fn check_weight(layer: &str, what: &str, weight: f32) -> Result<()> {
+    if (0.0..=1.0).contains(&weight) {
+        return Ok(());
+    }
+    Err(crate::Error::InvalidArgument(format!(
+        "{layer}: momentum ({what}) must be in [0, 1], got {weight}"
+    )))
+}
+
 /// How many rows of `logits` (shape `(N, K)`) have their largest entry at
-/// the true label — the numerator of accuracy.
+/// the true label — the numerator of accuracy. A row containing NaN (a
+/// diverged network) counts as wrong rather than as a vote for class 0.
 ///
 /// # Errors
-/// If `logits` is not 2-D or the number of labels differs from `N`.
+/// If `logits` is not 2-D, the number of labels differs from `N`, or a
+/// label is not below `K`.
 pub fn count_correct(logits: &Tensor, labels: &[usize]) -> Result<usize> {
     let v = logits.value();
     if v.ndim() != 2 || v.shape()[0] != labels.len() {
@@ -223,10 +248,20 @@ pub fn count_correct(logits: &Tensor, labels: &[usize]) -> Result<usize> {
             ),
         ));
     }
+    let classes = v.shape()[1];
+    if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
+        return Err(crate::Error::shape(
+            "count_correct",
+            format!("label {bad} is out of range for {classes} classes (labels are 0..{classes})"),
+        ));
+    }
     let correct = v
         .outer_iter()
         .zip(labels)
         .filter(|(row, label)| {
+            if row.iter().any(|x| x.is_nan()) {
+                return false;
+            }
             let best = row
                 .iter()
                 .enumerate()
