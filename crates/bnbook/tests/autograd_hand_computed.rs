@@ -69,6 +69,23 @@ fn max_pool_ties_send_gradient_to_first_maximum() {
 }
 
 #[test]
+fn max_pool_passes_nan_on() {
+    // a NaN anywhere in the window is the output (as in PyTorch), not
+    // hidden behind the largest number
+    for window in [
+        [1., f32::NAN, 0., 0.],
+        [f32::NAN, 1., 0., 0.],
+        [0., 0., 1., f32::NAN],
+    ] {
+        let x = tensor(&[1, 1, 2, 2], &window);
+        assert!(
+            x.max_pool2d(2, 2).value()[[0, 0, 0, 0]].is_nan(),
+            "{window:?}"
+        );
+    }
+}
+
+#[test]
 fn avg_pool_spreads_gradient_evenly() {
     let x = tensor(&[1, 1, 2, 4], &[1., 2., 5., 6., 3., 4., 7., 8.]);
     let y = x.avg_pool2d(2, 2);

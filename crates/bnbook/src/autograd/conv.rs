@@ -400,8 +400,9 @@ impl Tensor {
                 .for_each(|(p, (y, argmax))| {
                     let x = &x[p * plane_in..][..plane_in];
                     plane_windows(&g, |out, i| {
-                        // strict `>`: a later equal value does not replace the first maximum
-                        if x[i] > y[out] || argmax[out] == usize::MAX {
+                        // strict `>`: a later equal value does not replace the first
+                        // maximum; a NaN wins, as in PyTorch, so a diverged network shows
+                        if x[i] > y[out] || argmax[out] == usize::MAX || x[i].is_nan() {
                             y[out] = x[i];
                             argmax[out] = i;
                         }
