@@ -294,6 +294,9 @@ fn train(args: TrainArgs) -> Result<(), String> {
     }
     options.show_progress = !args.quiet;
     let data = FashionMnist::load(&options).map_err(|e| e.to_string())?;
+    if let Some(place) = options.found_in() {
+        println!("data: {} ({})", place.dir.display(), place.origin);
+    }
     let config = TrainConfig {
         epochs: args.epochs,
         batch_size: args.common.batch_size,

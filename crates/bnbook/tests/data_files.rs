@@ -510,9 +510,18 @@ fn first_complete_directory_wins() {
         ..LoadOptions::only_dir(incomplete.path()).with_verify(Verify::Skip)
     };
     assert_eq!(FashionMnist::load(&options).unwrap().train.len(), 3);
+    let used = options.found_in().unwrap();
+    assert_eq!(
+        (used.dir.as_path(), used.origin.as_str()),
+        (first.path(), "first")
+    );
     // The explicit directory comes first once it is complete.
     large.write(incomplete.path(), false);
     assert_eq!(FashionMnist::load(&options).unwrap().train.len(), 7);
+    assert_eq!(options.found_in().unwrap().dir, incomplete.path());
+    // nowhere complete: nothing found (a load would download)
+    let empty = TempDir::new().unwrap();
+    assert_eq!(LoadOptions::only_dir(empty.path()).found_in(), None);
 }
 
 #[test]

@@ -186,6 +186,10 @@ fn command_line_train_writes_json_and_svg() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success());
+    assert!(
+        stdout.starts_with("data: "),
+        "says which copy of the data it read"
+    );
     assert!(stdout.contains("epoch   2: loss "), "one line per epoch");
     assert!(stdout.contains("examples/sec"), "d2l-style summary");
     let history: History = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

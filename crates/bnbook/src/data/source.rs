@@ -161,6 +161,16 @@ impl LoadOptions {
         }
         order
     }
+
+    /// The first directory of the [search order](Self::search_order) that
+    /// holds all four files — where [`FashionMnist::load`](super::FashionMnist::load)
+    /// reads them — or `None` if none does yet (a load would download).
+    /// Called after a load, it tells which copy was used.
+    pub fn found_in(&self) -> Option<SearchDir> {
+        self.search_order()
+            .into_iter()
+            .find(|place| examine_dir(place).is_ok())
+    }
 }
 
 /// The four files found in one directory, each plain or `.gz`, in
