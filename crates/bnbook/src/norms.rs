@@ -48,7 +48,7 @@
 
 use crate::autograd::Tensor;
 use crate::error::{Error, Result};
-use crate::nn::{Mode, Module, check_eps};
+use crate::nn::{Mode, Module, check_eps, check_parameter};
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 
@@ -246,6 +246,20 @@ fn affine_parameters(affine: bool, shape: &[usize]) -> (Option<Tensor>, Option<T
     (affine.then(|| param(1.0)), affine.then(|| param(0.0)))
 }
 
+/// Checks that γ and β (when present) still have the shape `expected`.
+fn check_affine(
+    layer: impl Fn() -> String,
+    (gamma, beta): (&Option<Tensor>, &Option<Tensor>),
+    expected: &[usize],
+) -> Result<()> {
+    for (name, p) in [("gamma", gamma), ("beta", beta)] {
+        if let Some(p) = p {
+            check_parameter(&layer, name, p, expected)?;
+        }
+    }
+    Ok(())
+}
+
 fn affine_list(gamma: &Option<Tensor>, beta: &Option<Tensor>) -> Vec<Tensor> {
     gamma.iter().chain(beta).cloned().collect()
 }
@@ -324,6 +338,8 @@ impl Module for LayerNorm {
             ));
         }
         check_not_empty(self.describe(), &shape)?;
+        let affine = (&self.gamma, &self.beta);
+        check_affine(|| self.describe(), affine, &self.normalized_shape)?;
         let rows = shape[..shape.len() - d].iter().product();
         let x_hat = standardize(x, rows, &self.options);
         Ok(match (&self.gamma, &self.beta) {
@@ -434,6 +450,7 @@ impl Module for GroupNorm {
             ));
         }
         check_not_empty(self.describe(), &shape)?;
+        check_affine(|| self.describe(), (&self.gamma, &self.beta), &[shape[1]])?;
         // an example's group of C/G channels is one contiguous row
         let rows = shape[0] * self.num_groups;
         Ok(standardize_then_per_channel_affine(
@@ -519,6 +536,7 @@ impl Module for InstanceNorm2d {
             ));
         }
         check_not_empty(self.describe(), &shape)?;
+        check_affine(|| self.describe(), (&self.gamma, &self.beta), &[shape[1]])?;
         if shape[2] * shape[3] < 2 {
             return Err(Error::shape(
                 self.describe(),

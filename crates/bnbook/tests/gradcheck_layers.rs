@@ -205,25 +205,43 @@ fn layers_reject_bad_shapes_with_clear_errors() {
     assert!(MaxPool2d::new(2, 0).is_err());
     // padding as large as the kernel (or absurdly larger) and empty images
     for padding in [3, usize::MAX / 2 + 1] {
-        let err = Conv2d::new(1, 1, 3, &mut r)
-            .unwrap()
-            .with_padding(padding)
-            .forward(&Tensor::new(ArrayD::zeros(vec![1, 1, 4, 4])), Mode::Train)
-            .unwrap_err()
-            .to_string();
+        let conv = Conv2d::new(1, 1, 3, &mut r).unwrap().with_padding(padding);
+        let err = error_of(conv, &[1, 1, 4, 4]);
         assert!(
             err.contains("use at most 2 (1 keeps the image size"),
             "{err}"
         );
     }
-    let empty = Tensor::parameter(ArrayD::zeros(vec![1, 1, 0, 0]));
-    let err = Conv2d::new(1, 2, 3, &mut r)
-        .unwrap()
-        .with_padding(2)
-        .forward(&empty, Mode::Train)
-        .unwrap_err()
-        .to_string();
+    let conv = Conv2d::new(1, 2, 3, &mut r).unwrap().with_padding(2);
+    let err = error_of(conv, &[1, 1, 0, 0]);
     assert!(err.contains("empty 0x0 image"), "{err}");
+}
+
+/// The error message of `layer` on a zero input of shape `shape`.
+fn error_of(mut layer: impl Module, shape: &[usize]) -> String {
+    match layer.forward(&Tensor::new(ArrayD::zeros(shape)), Mode::Train) {
+        Ok(_) => panic!("{} accepted shape {shape:?}", layer.describe()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn replaced_parameters_must_keep_their_shape() {
+    let mut r = rng();
+    let mut linear = Linear::new(4, 3, &mut r).unwrap();
+    linear.weight = Tensor::parameter(ArrayD::zeros(vec![5, 3]));
+    let err = error_of(linear, &[2, 4]);
+    assert!(
+        err.contains("weight has shape [5, 3] but the layer needs [4, 3]"),
+        "{err}"
+    );
+    let mut conv = Conv2d::new(1, 2, 3, &mut r).unwrap();
+    conv.bias = Tensor::parameter(ArrayD::zeros(vec![3]));
+    let err = error_of(conv, &[1, 1, 5, 5]);
+    assert!(
+        err.contains("bias has shape [3] but the layer needs [2]"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -446,4 +446,11 @@ fn bad_shapes_and_arguments_are_clear_errors() {
         ..Default::default()
     };
     assert!(GroupNorm::with_options(2, 4, bad_eps).is_err());
+    // γ and β are public; a replacement must keep their shape
+    let mut layer = LayerNorm::new(&[4]).unwrap();
+    layer.gamma = Some(Tensor::parameter(ArrayD::ones(vec![3])));
+    assert!(error_of(layer, &[2, 4]).contains("gamma has shape [3] but the layer needs [4]"));
+    let mut group = GroupNorm::new(2, 4).unwrap();
+    group.beta = Some(Tensor::parameter(ArrayD::zeros(vec![1, 4])));
+    assert!(error_of(group, &[2, 4]).contains("beta has shape [1, 4]"));
 }

@@ -2,7 +2,7 @@
 //! activations and flattening.
 
 use super::init::{uniform, xavier_uniform};
-use super::{Mode, Module};
+use super::{Mode, Module, check_parameter};
 use crate::autograd::Tensor;
 use crate::error::{Error, Result};
 use rand::Rng;
@@ -134,6 +134,9 @@ impl Module for Linear {
                 ),
             ));
         }
+        let (layer, sizes) = (|| self.describe(), [self.in_features, self.out_features]);
+        check_parameter(layer, "weight", &self.weight, &sizes)?;
+        check_parameter(layer, "bias", &self.bias, &[self.out_features])?;
         Ok(&x.matmul(&self.weight) + &self.bias)
     }
 
@@ -223,6 +226,10 @@ impl Module for Conv2d {
             self.kernel_size,
             self.padding,
         )?;
+        let (layer, k) = (|| self.describe(), self.kernel_size);
+        let kernels = [self.out_channels, self.in_channels, k, k];
+        check_parameter(layer, "weight", &self.weight, &kernels)?;
+        check_parameter(layer, "bias", &self.bias, &[self.out_channels])?;
         Ok(x.conv2d(&self.weight, Some(&self.bias), self.stride, self.padding))
     }
 

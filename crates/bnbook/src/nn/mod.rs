@@ -218,6 +218,28 @@ pub(crate) fn check_eps(layer: &str, eps: f32) -> Result<()> {
     )))
 }
 
+/// Checks that a layer's parameter still has the shape the layer was built
+/// with (the fields are public, so a user may have replaced it). `layer`
+/// names the layer, only when there is an error to report.
+pub(crate) fn check_parameter(
+    layer: impl Fn() -> String,
+    name: &str,
+    p: &Tensor,
+    expected: &[usize],
+) -> Result<()> {
+    let got = p.shape();
+    if got == expected {
+        return Ok(());
+    }
+    Err(crate::Error::shape(
+        layer(),
+        format!(
+            "{name} has shape {got:?} but the layer needs {expected:?}; \
+             a replacement must keep the shape"
+        ),
+    ))
+}
+
 /// Checks a momentum-like weight: a number in `[0, 1]` (`what` names the
 /// convention, e.g. "weight of the old moving value").
 pub(crate) fn check_weight(layer: &str, what: &str, weight: f32) -> Result<()> {
