@@ -24,7 +24,7 @@ fn main() -> Result<(), bnbook::Error> {
     let steps = 10;
     let mut net = model.build(&mut StdRng::seed_from_u64(0))?;
     let params = net.parameters();
-    let sgd = Sgd::new(0.1);
+    let sgd = Sgd::new(0.1)?;
     let x = Tensor::new(random_input(&[256, 1, 28, 28], 0.0, 1.0, 1));
     let labels: Vec<usize> = (0..256).map(|i| i % 10).collect();
     let mut forward_ms = vec![0.0; net.len()];

@@ -198,7 +198,7 @@ pub fn train(
 ) -> Result<History> {
     config.validate(data)?; // fail now, not after minutes of training
     let params = net.parameters();
-    let sgd = Sgd::new(config.lr);
+    let sgd = Sgd::new(config.lr)?;
     let test = match config.limit {
         Some(n) => data.test.head(n),
         None => data.test.clone(),

@@ -45,7 +45,7 @@ fn two_layer_mlp_learns_spirals() {
         .with(ReLU)
         .with(Linear::new(64, CLASSES, &mut rng).unwrap());
     let params = net.parameters();
-    let sgd = Sgd::new(0.5);
+    let sgd = Sgd::new(0.5).unwrap();
 
     let mut first_loss = None;
     let mut loss_value = 0.0;
@@ -71,4 +71,13 @@ fn two_layer_mlp_learns_spirals() {
         "loss should fall a lot"
     );
     assert!(test_acc >= 0.95, "test accuracy {test_acc}");
+}
+
+#[test]
+fn sgd_refuses_learning_rates_that_cannot_descend() {
+    for lr in [-0.1, f32::NAN, f32::INFINITY] {
+        let err = Sgd::new(lr).unwrap_err().to_string();
+        assert!(err.contains("finite number >= 0"), "{lr}: {err}");
+    }
+    assert!(Sgd::new(0.0).is_ok(), "0 is allowed, as in PyTorch");
 }

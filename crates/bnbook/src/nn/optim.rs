@@ -1,6 +1,7 @@
 //! Plain stochastic gradient descent.
 
 use crate::autograd::Tensor;
+use crate::error::Result;
 
 /// Minibatch SGD without momentum or weight decay: `p ← p − lr · ∂loss/∂p`.
 ///
@@ -14,8 +15,17 @@ pub struct Sgd {
 
 impl Sgd {
     /// An optimizer with learning rate `lr`.
-    pub fn new(lr: f32) -> Self {
-        Sgd { lr }
+    ///
+    /// # Errors
+    /// If `lr` is negative, NaN or infinite (PyTorch's `SGD` also refuses a
+    /// negative one): a step would go uphill or turn every weight into NaN.
+    pub fn new(lr: f32) -> Result<Self> {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "Sgd: the learning rate must be a finite number >= 0, got {lr}"
+            )));
+        }
+        Ok(Sgd { lr })
     }
 
     /// Moves every parameter that has a gradient one step downhill.
