@@ -366,6 +366,9 @@ impl Module for LayerNorm {
 ///
 /// Input `(N, C)` or `(N, C, H, W)` (any rank ≥ 2 with channels on axis 1).
 /// `G = 1` is layer norm with per-channel affine; `G = C` is instance norm.
+/// A group of a single value (`G = C` on an `(N, C)` input) normalises to 0,
+/// so the output is just β, as in PyTorch; [`InstanceNorm2d`] refuses that
+/// case instead.
 pub struct GroupNorm {
     /// Scale γ, one per channel (`None` without affine).
     pub gamma: Option<Tensor>,
