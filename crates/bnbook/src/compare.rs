@@ -68,8 +68,8 @@ impl CompareConfig {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming the setting: no seeds, zero epochs
-    /// or timing repetitions, no sweep batch size, a sweep batch size below
-    /// 2 with batch norm in the sweep, or a limit that leaves too few
+    /// or timing repetitions, no sweep batch size, a sweep batch size of 0
+    /// (or below 2 with batch norm in the sweep), or a limit that leaves too few
     /// examples ([`TrainConfig::validate`]).
     pub fn validate(&self, data: &FashionMnist) -> Result<()> {
         let invalid = |message: &str| Err(Error::InvalidArgument(message.to_string()));
@@ -86,6 +86,9 @@ impl CompareConfig {
             return invalid("the sweep needs at least one batch size");
         }
         let smallest = self.sweep_batch_sizes.iter().min().copied().unwrap_or(0);
+        if smallest == 0 {
+            return invalid("the sweep's batch sizes must be at least 1, got 0");
+        }
         if smallest < 2 && self.sweep_norms.contains(&Normalization::Batch) {
             return Err(Error::InvalidArgument(format!(
                 "the sweep's batch size {smallest} is too small: batch norm estimates a \
@@ -800,6 +803,11 @@ mod validation_tests {
             without_bn.validate(&blank(300)).is_ok(),
             "group and layer norm train on single examples"
         );
+        let zero = CompareConfig {
+            sweep_batch_sizes: vec![0],
+            ..without_bn
+        };
+        assert!(refusal(zero.validate(&blank(300))).contains("at least 1, got 0"));
         let no_sizes = CompareConfig {
             sweep_batch_sizes: vec![],
             ..book.clone()

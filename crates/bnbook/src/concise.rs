@@ -250,67 +250,63 @@ pub fn batch_norm_fused(
     parents.extend(gamma);
     parents.extend(beta);
     let has_gamma = gamma.is_some();
-    Ok(Tensor::from_op(
-        "batch_norm_fused",
-        y,
-        &parents,
-        move |ctx| {
-            let x = ctx.input(0).as_standard_layout();
-            let x = x.as_slice().expect("standard layout");
-            let g = ctx.grad.as_standard_layout();
-            let g = g.as_slice().expect("standard layout");
-            let blocks = |i: usize| (&x[i * s..][..s], &g[i * s..][..s]); // (x, g) of block i
-            // per channel: Σ g and Σ g·x̂
-            let (sum_g, sum_gx) = channel_sums(n, c, |ch, i| {
-                let (mu, inv) = (mean[ch], inv_std[ch]);
-                let (xb, gb) = blocks(i);
-                let sg = xb.iter().zip(gb).fold(0.0_f32, |a, (_, &gv)| a + gv);
-                let sgx = xb
-                    .iter()
-                    .zip(gb)
-                    .fold(0.0_f32, |a, (&xv, &gv)| a + gv * (xv - mu) * inv);
-                (f64::from(sg), f64::from(sgx))
-            });
-            let dx = ctx.needs(0).then(|| {
-                let m = (n * s) as f32;
-                let mut dx = ArrayD::<f32>::zeros(IxDyn(&shape));
-                for_each_block(
-                    dx.as_slice_mut().expect("fresh array"),
-                    s,
-                    c,
-                    |ch, i, db| {
-                        let (mu, inv, k) = (mean[ch], inv_std[ch], scale[ch]);
-                        let (xb, gb) = blocks(i);
-                        if batch_statistics {
-                            // ∂L/∂x = γ·inv/m · (m·g − Σg − x̂·Σg·x̂)
-                            let (sg, sgx) = ((sum_g[ch] as f32) / m, (sum_gx[ch] as f32) / m);
-                            for ((d, &xv), &gv) in db.iter_mut().zip(xb).zip(gb) {
-                                *d = k * (gv - sg - (xv - mu) * inv * sgx);
-                            }
-                        } else {
-                            // statistics are constants: ∂L/∂x = γ·inv·g
-                            for (d, &gv) in db.iter_mut().zip(gb) {
-                                *d = k * gv;
-                            }
+    let out = Tensor::from_op("batch_norm_fused", y, &parents, move |ctx| {
+        let x = ctx.input(0).as_standard_layout();
+        let x = x.as_slice().expect("standard layout");
+        let g = ctx.grad.as_standard_layout();
+        let g = g.as_slice().expect("standard layout");
+        let blocks = |i: usize| (&x[i * s..][..s], &g[i * s..][..s]); // (x, g) of block i
+        // per channel: Σ g and Σ g·x̂
+        let (sum_g, sum_gx) = channel_sums(n, c, |ch, i| {
+            let (mu, inv) = (mean[ch], inv_std[ch]);
+            let (xb, gb) = blocks(i);
+            let sg = xb.iter().zip(gb).fold(0.0_f32, |a, (_, &gv)| a + gv);
+            let sgx = xb
+                .iter()
+                .zip(gb)
+                .fold(0.0_f32, |a, (&xv, &gv)| a + gv * (xv - mu) * inv);
+            (f64::from(sg), f64::from(sgx))
+        });
+        let dx = ctx.needs(0).then(|| {
+            let m = (n * s) as f32;
+            let mut dx = ArrayD::<f32>::zeros(IxDyn(&shape));
+            for_each_block(
+                dx.as_slice_mut().expect("fresh array"),
+                s,
+                c,
+                |ch, i, db| {
+                    let (mu, inv, k) = (mean[ch], inv_std[ch], scale[ch]);
+                    let (xb, gb) = blocks(i);
+                    if batch_statistics {
+                        // ∂L/∂x = γ·inv/m · (m·g − Σg − x̂·Σg·x̂)
+                        let (sg, sgx) = ((sum_g[ch] as f32) / m, (sum_gx[ch] as f32) / m);
+                        for ((d, &xv), &gv) in db.iter_mut().zip(xb).zip(gb) {
+                            *d = k * (gv - sg - (xv - mu) * inv * sgx);
                         }
-                    },
-                );
-                dx
-            });
-            let to_array = |v: &[f64]| {
-                ArrayD::from_shape_vec(IxDyn(&[c]), v.iter().map(|&x| x as f32).collect())
-                    .expect("c values")
-            };
-            let mut grads = vec![dx];
-            if has_gamma {
-                grads.push(ctx.needs(1).then(|| to_array(&sum_gx)));
-            }
-            if ctx.inputs.len() > 1 + usize::from(has_gamma) {
-                grads.push(ctx.needs(grads.len()).then(|| to_array(&sum_g)));
-            }
-            grads
-        },
-    ))
+                    } else {
+                        // statistics are constants: ∂L/∂x = γ·inv·g
+                        for (d, &gv) in db.iter_mut().zip(gb) {
+                            *d = k * gv;
+                        }
+                    }
+                },
+            );
+            dx
+        });
+        let to_array = |v: &[f64]| {
+            ArrayD::from_shape_vec(IxDyn(&[c]), v.iter().map(|&x| x as f32).collect())
+                .expect("c values")
+        };
+        let mut grads = vec![dx];
+        if has_gamma {
+            grads.push(ctx.needs(1).then(|| to_array(&sum_gx)));
+        }
+        if ctx.inputs.len() > 1 + usize::from(has_gamma) {
+            grads.push(ctx.needs(grads.len()).then(|| to_array(&sum_g)));
+        }
+        grads
+    });
+    Ok(out)
 }
 // ANCHOR_END: fused
 
@@ -329,7 +325,7 @@ fn check_per_channel(
             format!("expected (N, C) or (N, C, H, W), got shape {shape:?}"),
         ));
     };
-    // γ and β are parameters of shape (C,): their gradients come back so
+    // exactly (C,) for γ and β: their gradients are built with that shape
     let shapes = [
         ("gamma", gamma.map(Tensor::shape)),
         ("beta", beta.map(Tensor::shape)),

@@ -201,9 +201,10 @@ fn set_threads(threads: Option<usize>) -> Result<(), String> {
 }
 
 /// Checks, before any work, that an output file can be created at `path`:
-/// its directory exists and the path is not itself a directory. Saves a
-/// reader from losing a long run to a typo in `--json` or `--svg`.
-fn check_output(flag: &str, path: &Path) -> Result<(), String> {
+/// its directory exists and the path is not itself a directory (`example`
+/// is a file name to suggest then). Saves a reader from losing a long run
+/// to a typo in `--json` or `--svg`.
+fn check_output(flag: &str, path: &Path, example: &str) -> Result<(), String> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -219,12 +220,7 @@ fn check_output(flag: &str, path: &Path) -> Result<(), String> {
         return Err(format!(
             "{flag} {} is a directory; give a file name, e.g. {}",
             path.display(),
-            path.join(if flag == "--svg" {
-                "curves.svg"
-            } else {
-                "out.json"
-            })
-            .display()
+            path.join(example).display()
         ));
     }
     Ok(())
@@ -260,7 +256,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Norms(args) => norms(args),
         Command::Bench(args) => {
             if let Some(path) = &args.json {
-                check_output("--json", path)?;
+                check_output("--json", path, "bench.json")?;
             }
             set_threads(args.common.threads)?;
             let report =
@@ -277,18 +273,14 @@ fn run(cli: Cli) -> Result<(), String> {
 
 fn train(args: TrainArgs) -> Result<(), String> {
     if let Some(path) = &args.json {
-        check_output("--json", path)?;
+        check_output("--json", path, "out.json")?;
     }
     if let Some(path) = &args.svg {
-        check_output("--svg", path)?;
+        check_output("--svg", path, "curves.svg")?;
     }
     set_threads(args.common.threads)?;
     let model = args.common.model;
-    let mut options = LoadOptions::default();
-    if let Some(dir) = &args.data_dir {
-        check_data_dir(dir)?;
-        options = options.with_dir(dir);
-    }
+    let mut options = load_options(args.data_dir.as_ref())?;
     if args.offline {
         options.allow_download = false;
     }
@@ -389,13 +381,18 @@ fn check_data_dir(dir: &Path) -> Result<(), String> {
     ))
 }
 
+/// The default search, with `--data-dir` first if given (and existing).
+fn load_options(data_dir: Option<&PathBuf>) -> Result<LoadOptions, String> {
+    let options = LoadOptions::default();
+    let Some(dir) = data_dir else {
+        return Ok(options);
+    };
+    check_data_dir(dir)?;
+    Ok(options.with_dir(dir))
+}
+
 fn load(data_dir: Option<&PathBuf>) -> Result<FashionMnist, String> {
-    let mut options = LoadOptions::default();
-    if let Some(dir) = data_dir {
-        check_data_dir(dir)?;
-        options = options.with_dir(dir);
-    }
-    FashionMnist::load(&options).map_err(|e| e.to_string())
+    FashionMnist::load(&load_options(data_dir)?).map_err(|e| e.to_string())
 }
 
 /// The command as typed, recorded in the manifests.
