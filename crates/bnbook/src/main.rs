@@ -7,7 +7,7 @@
 
 use bnbook::data::{FashionMnist, LoadOptions};
 use bnbook::models::ModelKind;
-use bnbook::train::{EpochRecord, TrainConfig, train_model};
+use bnbook::train::{EpochRecord, History, TrainConfig, train_model};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -138,7 +138,8 @@ struct TrainArgs {
     /// Never download the data (same as BNBOOK_OFFLINE=1).
     #[arg(long)]
     offline: bool,
-    /// Write the history (settings and per-epoch metrics) as JSON.
+    /// Write the history (settings and per-epoch metrics) as JSON, updated
+    /// after every epoch so an interrupted run keeps its finished epochs.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Draw loss and accuracies against the epoch as an SVG figure.
@@ -244,9 +245,16 @@ fn plural(n: usize, thing: &str) -> String {
     }
 }
 
-fn write_json(path: &PathBuf, value: &impl serde::Serialize) -> Result<(), String> {
+/// Writes `value` as JSON to `path` via a temporary `path.part` renamed
+/// into place, so an interrupted write never leaves half a file.
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    std::fs::write(&part, text + "\n")
+        .and_then(|()| std::fs::rename(&part, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn run(cli: Cli) -> Result<(), String> {
@@ -316,14 +324,26 @@ fn train(args: TrainArgs) -> Result<(), String> {
             train_examples - 1
         );
     }
-    let print_epoch = |r: &EpochRecord| {
+    // With --json, the history so far is written after every epoch: an
+    // interrupted or failed run keeps its finished epochs.
+    let mut so_far = History::start(model.name(), &config, &data);
+    let mut warned = false;
+    let on_epoch = |r: &EpochRecord| {
         println!(
             "epoch {:>3}: loss {:.3}, train acc {:.3}, test acc {:.3}, {:.0} examples/sec",
             r.epoch, r.loss, r.train_acc, r.test_acc, r.examples_per_sec
         );
+        if let Some(path) = &args.json {
+            so_far.history.push(r.clone());
+            if let Err(e) = write_json(path, &so_far)
+                && !std::mem::replace(&mut warned, true)
+            {
+                eprintln!("warning: {e} (tried again at the end)");
+            }
+        }
     };
     let (_net, history) =
-        train_model(model, &data, &config, print_epoch).map_err(|e| e.to_string())?;
+        train_model(model, &data, &config, on_epoch).map_err(|e| e.to_string())?;
     println!("{}", history.summary());
     if let Some(r) = history.history.iter().find(|r| !r.loss.is_finite()) {
         eprintln!(

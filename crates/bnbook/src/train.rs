@@ -138,6 +138,21 @@ pub struct History {
 }
 
 impl History {
+    /// The history of a run of `model` with `config` on `data` before its
+    /// first epoch: the settings, and no records yet.
+    pub fn start(model: &str, config: &TrainConfig, data: &FashionMnist) -> Self {
+        History {
+            model: model.to_string(),
+            seed: config.seed,
+            lr: config.lr,
+            batch_size: config.batch_size,
+            epochs: config.epochs,
+            train_examples: config.train_examples(data),
+            test_examples: config.test_examples(data),
+            history: Vec::with_capacity(config.epochs),
+        }
+    }
+
     /// The last epoch's record.
     pub fn last(&self) -> Option<&EpochRecord> {
         self.history.last()
@@ -203,16 +218,7 @@ pub fn train(
         Some(n) => data.test.head(n),
         None => data.test.clone(),
     };
-    let mut history = History {
-        model: name.to_string(),
-        seed: config.seed,
-        lr: config.lr,
-        batch_size: config.batch_size,
-        epochs: config.epochs,
-        train_examples: config.train_examples(data),
-        test_examples: test.len(),
-        history: Vec::with_capacity(config.epochs),
-    };
+    let mut history = History::start(name, config, data); // settings, no epochs yet
     for epoch in 0..config.epochs {
         let options = BatchOptions {
             shuffle_seed: Some(config.seed),

@@ -250,6 +250,46 @@ fn results_do_not_depend_on_the_thread_count() {
     assert_eq!(run("1"), run("2"));
 }
 
+#[test]
+fn an_interrupted_run_keeps_its_finished_epochs() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bnbook"))
+        .args([
+            "train",
+            "--epochs",
+            "1000",
+            "--limit",
+            "500",
+            "--offline",
+            "--quiet",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // wait for two finished epochs, then stop the run as Ctrl-C would
+    let read =
+        || -> Option<History> { serde_json::from_str(&std::fs::read_to_string(&json).ok()?).ok() };
+    let started = std::time::Instant::now();
+    while read().is_none_or(|h| h.history.len() < 2) {
+        assert!(started.elapsed().as_secs() < 120, "no epoch written");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let h = read().expect("a complete JSON file, never half written");
+    assert_eq!(h.epochs, 1000, "the settings of the run");
+    assert!(h.history.len() >= 2 && h.history.len() < 1000);
+    for (i, r) in h.history.iter().enumerate() {
+        assert_eq!(r.epoch, i + 1);
+    }
+}
+
 /// Runs `bnbook args`, expects it to fail with `expected` in its error
 /// message and without having trained an epoch.
 fn assert_refused(args: &[&str], expected: &str) {
