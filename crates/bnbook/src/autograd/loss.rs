@@ -4,6 +4,38 @@ use super::Tensor;
 use crate::error::{Error, Result};
 use ndarray::{Array2, ArrayD, Axis};
 
+/// Checks that logits of shape `shape` are a `(N, K)` batch with one label
+/// per row, each a class index below `K`; returns `(N, K)`. Shared by the
+/// loss and by [`count_correct`](crate::nn::count_correct).
+pub(crate) fn check_logits(
+    context: &str,
+    shape: &[usize],
+    labels: &[usize],
+) -> Result<(usize, usize)> {
+    let &[n, k] = shape else {
+        return Err(Error::shape(
+            context,
+            format!("logits must be (batch, classes), got shape {shape:?}"),
+        ));
+    };
+    if n != labels.len() {
+        return Err(Error::shape(
+            context,
+            format!(
+                "{n} rows of logits but {} labels; pass one label per row",
+                labels.len()
+            ),
+        ));
+    }
+    if let Some((row, &bad)) = labels.iter().enumerate().find(|(_, l)| **l >= k) {
+        return Err(Error::InvalidArgument(format!(
+            "{context}: label {bad} is out of range for {k} classes \
+             (row {row}; a label is a class index below {k})"
+        )));
+    }
+    Ok((n, k))
+}
+
 impl Tensor {
     /// Mean softmax cross-entropy of `self`, a `(N, K)` batch of logits,
     /// against integer class labels (one per row, each `< K`).
@@ -17,26 +49,12 @@ impl Tensor {
     /// or a label is out of range.
     pub fn softmax_cross_entropy(&self, labels: &[usize]) -> Result<Tensor> {
         let context = "softmax_cross_entropy";
-        let shape = self.shape();
-        let &[n, k] = shape.as_slice() else {
+        let (n, k) = check_logits(context, &self.shape(), labels)?;
+        if n == 0 {
             return Err(Error::shape(
                 context,
-                format!("logits must be (batch, classes), got shape {shape:?}"),
+                "0 rows of logits but 0 labels; pass one label per row",
             ));
-        };
-        if n == 0 || n != labels.len() {
-            return Err(Error::shape(
-                context,
-                format!(
-                    "{n} rows of logits but {} labels; pass one label per row",
-                    labels.len()
-                ),
-            ));
-        }
-        if let Some((row, &bad)) = labels.iter().enumerate().find(|(_, l)| **l >= k) {
-            return Err(Error::InvalidArgument(format!(
-                "{context}: label {bad} in row {row} is not a class index below {k}"
-            )));
         }
 
         let mut probs = Array2::<f32>::zeros((n, k));

@@ -36,6 +36,7 @@ mod ops;
 pub mod profile;
 
 pub(crate) use kernels::for_each_chunk;
+pub(crate) use loss::check_logits;
 
 use ndarray::ArrayD;
 use std::cell::{Ref, RefCell, RefMut};

@@ -15,7 +15,7 @@ pub use init::{uniform, xavier_uniform};
 pub use layers::{AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid};
 pub use optim::Sgd;
 
-use crate::autograd::Tensor;
+use crate::autograd::{Tensor, check_logits};
 use crate::error::Result;
 use std::any::Any;
 
@@ -227,10 +227,11 @@ pub(crate) fn check_parameter(
     p: &Tensor,
     expected: &[usize],
 ) -> Result<()> {
-    let got = p.shape();
-    if got == expected {
+    // compared in place: runs on every forward pass, so no copy of the shape
+    if p.value().shape() == expected {
         return Ok(());
     }
+    let got = p.shape();
     Err(crate::Error::shape(
         layer(),
         format!(
@@ -260,23 +261,7 @@ pub(crate) fn check_weight(layer: &str, what: &str, weight: f32) -> Result<()> {
 /// label is not below `K`.
 pub fn count_correct(logits: &Tensor, labels: &[usize]) -> Result<usize> {
     let v = logits.value();
-    if v.ndim() != 2 || v.shape()[0] != labels.len() {
-        return Err(crate::Error::shape(
-            "count_correct",
-            format!(
-                "logits of shape {:?} do not match {} labels",
-                v.shape(),
-                labels.len()
-            ),
-        ));
-    }
-    let classes = v.shape()[1];
-    if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
-        return Err(crate::Error::shape(
-            "count_correct",
-            format!("label {bad} is out of range for {classes} classes (labels are 0..{classes})"),
-        ));
-    }
+    check_logits("count_correct", v.shape(), labels)?;
     let correct = v
         .outer_iter()
         .zip(labels)
