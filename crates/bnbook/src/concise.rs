@@ -109,9 +109,7 @@ impl BatchNormOptions {
             affine: true,
         }
     }
-}
 
-impl BatchNormOptions {
     /// ε positive and finite, a new-batch weight in `[0, 1]`. Checked when a
     /// layer is built and on every forward pass (the field is public).
     fn check(&self) -> Result<()> {
