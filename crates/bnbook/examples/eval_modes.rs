@@ -65,7 +65,7 @@ fn main() -> Result<(), bnbook::Error> {
     // (plain average over 40 training batches, no weight update), on a copy
     let mut precise = ModelKind::LenetBn.build(&mut StdRng::seed_from_u64(0))?;
     copy_parameters(&net, &precise);
-    bnbook::figures::reestimate_running_statistics(&mut precise, &data, seed, 40)?;
+    bnbook::figures::reestimate_running_statistics(&mut precise, &data, None, seed, 40)?;
     println!(
         "test acc with running stats re-estimated on 40 training batches: {:.4}",
         evaluate(&mut precise, &data.test, 256)?

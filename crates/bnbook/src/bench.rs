@@ -55,17 +55,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// The largest batch [`bench`] accepts: 65,536 images of 28 × 28 need a
+/// few GB of activations in LeNet-BN's training step.
+pub const MAX_BENCH_BATCH_SIZE: usize = 1 << 16;
+
 /// Times `batches` training steps and evaluation passes of `model` at
 /// `batch_size` on random images (the speed does not depend on the pixel
 /// values), after 5 untimed warm-up steps.
 ///
 /// # Errors
-/// If `batch_size` is below 2 (batch norm needs two values per channel) or
-/// `batches` is 0.
+/// If the model cannot train at `batch_size` (0, or 1 with batch norm; see
+/// [`ModelKind::check_batch_size`]), `batch_size` is above
+/// [`MAX_BENCH_BATCH_SIZE`], or `batches` is 0.
 pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<BenchReport> {
-    if batch_size < 2 {
+    model.check_batch_size(batch_size)?;
+    if batch_size > MAX_BENCH_BATCH_SIZE {
         return Err(crate::Error::InvalidArgument(format!(
-            "batch size must be at least 2 for batch norm training, got {batch_size}"
+            "a benchmark batch of {batch_size} images is too large (at most \
+             {MAX_BENCH_BATCH_SIZE}; its activations would not fit in memory); d2l uses 256"
         )));
     }
     if batches == 0 {

@@ -612,9 +612,9 @@ fn timing_markdown(rows: &[Timing], repeats: usize) -> String {
         md += &format!(" **{:.2}** |\n", r.total_ms());
     }
     md += &format!(
-        "\nMilliseconds for forward + backward in training mode, median of {repeats}, on {} threads. \
+        "\nMilliseconds for forward + backward in training mode, median of {repeats}, on {}. \
          IN's fully connected slots hold layer norm, as in `lenet-in`.\n",
-        rayon::current_num_threads()
+        crate::figures::plural(rayon::current_num_threads(), "thread")
     );
     md
 }
@@ -690,6 +690,7 @@ pub fn sweep_chart(runs: &[SweepRun], config: &CompareConfig) -> Result<Svg> {
 /// If a run fails or a file cannot be written.
 pub fn generate(data: &FashionMnist, config: &CompareConfig, command: &str) -> Result<Manifest> {
     config.validate(data)?;
+    let started = Instant::now();
     let mut w = Writer::new(&config.out)?;
 
     let invariances = invariance_table()?;
@@ -765,15 +766,7 @@ pub fn generate(data: &FashionMnist, config: &CompareConfig, command: &str) -> R
         &sweep_chart(&sweep, config)?,
     )?;
 
-    let manifest = Manifest {
-        command: command.to_string(),
-        epochs: config.epochs,
-        seeds: config.seeds.clone(),
-        limit: config.limit,
-        artefacts: w.artefacts.clone(),
-    };
-    w.json("figures.json", "this list", &manifest)?;
-    Ok(manifest)
+    w.finish(command, config.epochs, &config.seeds, config.limit, started)
 }
 
 #[cfg(test)]
@@ -834,7 +827,7 @@ mod validation_tests {
         };
         let message = refusal(tiny_sweep.validate(&blank(300)));
         assert!(
-            message.starts_with("invalid argument: batch-size sweep: the limit leaves 1"),
+            message.starts_with("batch-size sweep: the limit leaves 1"),
             "{message}"
         );
     }

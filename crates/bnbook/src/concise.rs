@@ -424,6 +424,22 @@ impl<const RANK: usize> Module for ConciseBatchNorm<RANK> {
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.check_input(x)?;
         self.options.check()?;
+        for (name, stat) in [
+            ("running_mean", &self.running_mean),
+            ("running_var", &self.running_var),
+        ] {
+            if stat.len() != self.num_features {
+                return Err(Error::shape(
+                    self.describe(),
+                    format!(
+                        "{name} holds {} values but the layer has {} features; \
+                         give it one value per feature",
+                        stat.len(),
+                        self.num_features
+                    ),
+                ));
+            }
+        }
         let eps = self.options.eps;
         let (mean, var, batch_statistics) = match mode {
             Mode::Eval => (self.running_mean.clone(), self.running_var.clone(), false),

@@ -20,6 +20,13 @@ pub enum Error {
     InvalidArgument(String),
     /// Loading Fashion-MNIST failed; see [`crate::data::DataError`].
     Data(crate::data::DataError),
+    /// Writing an output file or directory failed.
+    Io {
+        /// What was being done, e.g. `"cannot write book/generated/speed.md"`.
+        what: String,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -36,7 +43,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Shape { context, message } => write!(f, "{context}: {message}"),
-            Error::InvalidArgument(message) => write!(f, "invalid argument: {message}"),
+            // The message names the argument and says what is wrong with it.
+            Error::InvalidArgument(message) => write!(f, "{message}"),
+            Error::Io { what, source } => write!(f, "{what}: {source}"),
             Error::Data(e) => write!(f, "{e}"),
         }
     }
@@ -46,6 +55,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Data(e) => Some(e),
+            Error::Io { source, .. } => Some(source),
             _ => None,
         }
     }

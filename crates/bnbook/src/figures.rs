@@ -84,8 +84,33 @@ pub struct Manifest {
     pub seeds: Vec<u64>,
     /// Example limit, if any.
     pub limit: Option<usize>,
+    /// Wall-clock time of the whole run, in seconds.
+    pub seconds: f64,
+    /// Worker threads it ran on.
+    pub threads: usize,
     /// Everything written.
     pub artefacts: Vec<Artefact>,
+}
+
+/// `n thing` or `n things`: `plural(1, "seed")` is `1 seed`, `plural(3,
+/// "seed")` is `3 seeds`.
+pub fn plural(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
+/// How the book quotes a run's duration: `about 5 minutes on 2 threads`
+/// (whole minutes, at least one).
+pub fn run_time_phrase(seconds: f64, threads: usize) -> String {
+    let minutes = (seconds / 60.0).round().max(1.0) as usize;
+    format!(
+        "about {} on {}",
+        plural(minutes, "minute"),
+        plural(threads, "thread")
+    )
 }
 
 /// Writes artefacts into a directory and remembers them for the manifest.
@@ -97,8 +122,16 @@ pub(crate) struct Writer {
 impl Writer {
     /// Creates `out` if needed.
     pub(crate) fn new(out: &std::path::Path) -> Result<Self> {
-        std::fs::create_dir_all(out)
-            .map_err(|e| Error::InvalidArgument(format!("cannot create {}: {e}", out.display())))?;
+        if out.exists() && !out.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a file, not a directory; give a directory to write the figures into",
+                out.display()
+            )));
+        }
+        std::fs::create_dir_all(out).map_err(|source| Error::Io {
+            what: format!("cannot create the directory {}", out.display()),
+            source,
+        })?;
         Ok(Writer {
             out: out.to_path_buf(),
             artefacts: Vec::new(),
@@ -107,8 +140,10 @@ impl Writer {
 
     pub(crate) fn write(&mut self, file: &str, description: &str, contents: &str) -> Result<()> {
         let path = self.out.join(file);
-        std::fs::write(&path, contents)
-            .map_err(|e| Error::InvalidArgument(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, contents).map_err(|source| Error::Io {
+            what: format!("cannot write {}", path.display()),
+            source,
+        })?;
         println!("wrote {}", path.display());
         self.artefacts.push(Artefact {
             file: file.to_string(),
@@ -131,6 +166,37 @@ impl Writer {
     pub(crate) fn svg(&mut self, file: &str, description: &str, svg: &Svg) -> Result<()> {
         self.write(file, description, svg.as_str())
     }
+
+    /// Ends a run that began at `started`: writes `run-time.md` (one phrase
+    /// without a line break, for the book to include inside a sentence)
+    /// and then the manifest `figures.json` listing everything written.
+    pub(crate) fn finish(
+        mut self,
+        command: &str,
+        epochs: usize,
+        seeds: &[u64],
+        limit: Option<usize>,
+        started: Instant,
+    ) -> Result<Manifest> {
+        let seconds = started.elapsed().as_secs_f64();
+        let threads = rayon::current_num_threads();
+        self.write(
+            "run-time.md",
+            "how long the command that wrote these files ran",
+            &run_time_phrase(seconds, threads),
+        )?;
+        let manifest = Manifest {
+            command: command.to_string(),
+            epochs,
+            seeds: seeds.to_vec(),
+            limit,
+            seconds,
+            threads,
+            artefacts: self.artefacts.clone(),
+        };
+        self.json("figures.json", "this list", &manifest)?;
+        Ok(manifest)
+    }
 }
 
 /// One number per epoch, read from a history record.
@@ -150,6 +216,7 @@ fn series(label: String, h: &History, f: Metric) -> Series {
 /// If the data cannot be loaded, a run fails, or a file cannot be written.
 pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> Result<Manifest> {
     config.validate(data)?;
+    let started = Instant::now();
     let mut w = Writer::new(&config.out)?;
     let run = |model: ModelKind, seed: u64| -> Result<(crate::nn::Sequential, History)> {
         let cfg = TrainConfig {
@@ -281,8 +348,8 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
         .sum::<f64>()
         / bn_runs.len() as f64;
     table += &format!(
-        "\nMean final test accuracy of `lenet-bn` over the {} seeds: {mean_test:.3}.\n",
-        bn_runs.len()
+        "\nMean final test accuracy of `lenet-bn` over {}: {mean_test:.3}.\n",
+        plural(bn_runs.len(), "seed")
     );
     w.write(
         "runs-table.md",
@@ -316,7 +383,7 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     );
     for (net, h) in bn_nets.iter_mut().zip(&bn_runs) {
         let before = h.last().expect("epochs > 0").test_acc;
-        reestimate_running_statistics(net, data, h.seed, 40)?;
+        reestimate_running_statistics(net, data, config.limit, h.seed, 40)?;
         let test = match config.limit {
             Some(n) => data.test.head(n),
             None => data.test.clone(),
@@ -366,6 +433,7 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     let speed: Vec<BenchReport> = [
         ModelKind::LenetBn,
         ModelKind::LenetBnConcise,
+        ModelKind::LenetNoNorm,
         ModelKind::Lenet,
     ]
     .into_iter()
@@ -386,10 +454,10 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
         );
     }
     speed_md += &format!(
-        "\nMedians of {} steps at batch {} after 5 warm-up steps, on {} threads.\n",
-        config.bench_batches,
+        "\nMedians of {} at batch {} after 5 warm-up steps, on {}.\n",
+        plural(config.bench_batches, "step"),
         256,
-        rayon::current_num_threads()
+        plural(rayon::current_num_threads(), "thread")
     );
     w.write(
         "speed.md",
@@ -408,31 +476,31 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
         &line_chart("Scratch vs fused batch norm", "epoch", &same, (560, 340))?,
     )?;
 
-    let manifest = Manifest {
-        command: command.to_string(),
-        epochs: config.epochs,
-        seeds: config.seeds.clone(),
-        limit: config.limit,
-        artefacts: w.artefacts.clone(),
-    };
-    w.json("figures.json", "this list", &manifest)?;
-    Ok(manifest)
+    w.finish(command, config.epochs, &config.seeds, config.limit, started)
 }
 
 /// "Precise BN": replaces the running statistics of every scratch
 /// [`BatchNorm`] layer of `net` by the plain average of the batch statistics
 /// over `batches` training batches, computed with the *current* weights
-/// (momentum `k/(k+1)` at batch `k`, no weight update).
+/// (momentum `k/(k+1)` at batch `k`, no weight update). The batches are
+/// drawn from the first `limit` training examples (all if `None`), the
+/// examples the network was trained on; a last batch of one example, which
+/// batch norm cannot normalise, is skipped.
 ///
 /// # Errors
 /// If the network rejects the images.
 pub fn reestimate_running_statistics(
     net: &mut crate::nn::Sequential,
     data: &FashionMnist,
+    limit: Option<usize>,
     seed: u64,
     batches: usize,
 ) -> Result<()> {
-    let options = crate::data::BatchOptions::shuffled(seed, u64::MAX);
+    let options = crate::data::BatchOptions {
+        limit,
+        last_batch: crate::data::LastBatch::DropIfSmallerThan(2),
+        ..crate::data::BatchOptions::shuffled(seed, u64::MAX)
+    };
     let saved: Vec<f32> = set_momentum(net, None);
     for (k, batch) in data.train.batches(256, &options)?.take(batches).enumerate() {
         set_momentum(net, Some(k as f32 / (k as f32 + 1.0)));
@@ -598,5 +666,12 @@ mod validation_tests {
             ..book()
         };
         assert!(refusal(tiny.validate(&blank(300))).contains("at least 2 training examples"));
+    }
+
+    #[test]
+    fn run_time_is_quoted_in_whole_minutes() {
+        assert_eq!(run_time_phrase(10.0, 1), "about 1 minute on 1 thread");
+        assert_eq!(run_time_phrase(289.0, 2), "about 5 minutes on 2 threads");
+        assert_eq!(run_time_phrase(2651.0, 2), "about 44 minutes on 2 threads");
     }
 }

@@ -132,7 +132,12 @@ impl GradCheck {
         };
 
         let mut reports = Vec::with_capacity(inputs.len());
-        let mut xs: Vec<ArrayD<f32>> = inputs.to_vec();
+        // Nudged in place one entry at a time: a contiguous copy, whatever
+        // the layout of the caller's arrays (e.g. a transposed view).
+        let mut xs: Vec<ArrayD<f32>> = inputs
+            .iter()
+            .map(|x| x.as_standard_layout().into_owned())
+            .collect();
         for (i, p) in params.iter().enumerate() {
             let autograd = p
                 .grad()
@@ -204,6 +209,10 @@ impl GradCheck {
 
 /// Inputs for gradient checks: entries drawn uniformly from
 /// `[low, high)`, reproducible from `seed`.
+///
+/// # Panics
+/// Unless `low < high` and both are finite (a test helper: its ranges are
+/// written in code, not read from users).
 pub fn random_input(shape: &[usize], low: f32, high: f32, seed: u64) -> ArrayD<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
     ArrayD::random_using(

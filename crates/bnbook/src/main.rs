@@ -123,7 +123,8 @@ struct TrainArgs {
     /// Passes over the training set.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
-    /// Learning rate [default: the model's d2l value, 1.0 with BN, 0.9 without].
+    /// Learning rate [default: d2l's value for the model: 0.9 for lenet, 1.0 for
+    /// every other model].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
     /// Seed of the initial weights and of the shuffling.
@@ -217,14 +218,38 @@ fn check_output(flag: &str, path: &Path, example: &str) -> Result<(), String> {
             dir.display()
         ));
     }
-    if path.is_dir() {
+    if path.is_dir()
+        || path
+            .as_os_str()
+            .to_string_lossy()
+            .ends_with(std::path::MAIN_SEPARATOR)
+    {
         return Err(format!(
-            "{flag} {} is a directory; give a file name, e.g. {}",
+            "{flag} {} names a directory; give a file name, e.g. {}",
             path.display(),
             path.join(example).display()
         ));
     }
+    // Create (and remove) the temporary file the final write goes through,
+    // so an unwritable place is found now rather than after the run.
+    let probe = part_path(path);
+    let existed = probe.exists();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&probe)
+        .map_err(|e| format!("{flag} {}: cannot write there ({e})", path.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(&probe);
+    }
     Ok(())
+}
+
+/// `path` with `.part` appended: where [`write_json`] writes before renaming.
+fn part_path(path: &Path) -> PathBuf {
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    PathBuf::from(part)
 }
 
 /// A learning rate as typed: `1`, `0.9`, `1e-4`, `1e30` (not thirty zeros).
@@ -236,22 +261,11 @@ fn show_lr(lr: f32) -> String {
     }
 }
 
-/// `n thing` or `n things`.
-fn plural(n: usize, thing: &str) -> String {
-    if n == 1 {
-        format!("1 {thing}")
-    } else {
-        format!("{n} {thing}s")
-    }
-}
-
 /// Writes `value` as JSON to `path` via a temporary `path.part` renamed
 /// into place, so an interrupted write never leaves half a file.
 fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    let mut part = path.as_os_str().to_owned();
-    part.push(".part");
-    let part = PathBuf::from(part);
+    let part = part_path(path);
     std::fs::write(&part, text + "\n")
         .and_then(|()| std::fs::rename(&part, path))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
@@ -280,11 +294,32 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn train(args: TrainArgs) -> Result<(), String> {
+    args.common
+        .model
+        .check_batch_size(args.common.batch_size)
+        .map_err(|e| format!("--batch-size {}: {e}", args.common.batch_size))?;
     if let Some(path) = &args.json {
         check_output("--json", path, "out.json")?;
     }
     if let Some(path) = &args.svg {
+        if !path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
+        {
+            return Err(format!(
+                "--svg {} should end in .svg: the figure is written as SVG, e.g. --svg curves.svg",
+                path.display()
+            ));
+        }
         check_output("--svg", path, "curves.svg")?;
+    }
+    if let (Some(json), Some(svg)) = (&args.json, &args.svg)
+        && json == svg
+    {
+        return Err(format!(
+            "--json and --svg both name {}; the figure would overwrite the history, so give two files",
+            json.display()
+        ));
     }
     set_threads(args.common.threads)?;
     let model = args.common.model;
@@ -293,6 +328,7 @@ fn train(args: TrainArgs) -> Result<(), String> {
         options.allow_download = false;
     }
     options.show_progress = !args.quiet;
+    warn_if_env_dir_unusable();
     let data = FashionMnist::load(&options).map_err(|e| e.to_string())?;
     if let Some(place) = options.found_in() {
         println!("data: {} ({})", place.dir.display(), place.origin);
@@ -310,7 +346,7 @@ fn train(args: TrainArgs) -> Result<(), String> {
         (config.train_examples(&data), config.test_examples(&data));
     println!(
         "training {model} for {}: lr {}, batch {}, seed {}, {train_examples} training / {test_examples} test examples",
-        plural(config.epochs, "epoch"),
+        bnbook::figures::plural(config.epochs, "epoch"),
         show_lr(config.lr),
         config.batch_size,
         config.seed,
@@ -329,10 +365,7 @@ fn train(args: TrainArgs) -> Result<(), String> {
     let mut so_far = History::start(model.name(), &config, &data);
     let mut warned = false;
     let on_epoch = |r: &EpochRecord| {
-        println!(
-            "epoch {:>3}: loss {:.3}, train acc {:.3}, test acc {:.3}, {:.0} examples/sec",
-            r.epoch, r.loss, r.train_acc, r.test_acc, r.examples_per_sec
-        );
+        println!("{}", r.line());
         if let Some(path) = &args.json {
             so_far.history.push(r.clone());
             if let Err(e) = write_json(path, &so_far)
@@ -348,7 +381,7 @@ fn train(args: TrainArgs) -> Result<(), String> {
     if let Some(r) = history.history.iter().find(|r| !r.loss.is_finite()) {
         eprintln!(
             "warning: the loss became {} in epoch {}: training diverged; try a smaller --lr \
-             (this run used {}; d2l uses 1.0 with batch norm, 0.9 without)",
+             (this run used {}; d2l uses 1.0 for LeNet with batch norm, 0.9 for plain LeNet)",
             r.loss,
             r.epoch,
             show_lr(config.lr)
@@ -379,18 +412,28 @@ fn figures(args: FiguresArgs) -> Result<(), String> {
     let manifest =
         bnbook::figures::generate(&data, &config, &command).map_err(|e| e.to_string())?;
     println!(
-        "{} files written to {}",
-        manifest.artefacts.len(),
+        "{} files written to {} (with the list of them, figures.json)",
+        manifest.artefacts.len() + 1,
         config.out.display()
     );
     Ok(())
 }
 
-/// An explicit `--data-dir` must at least exist: a typo should not quietly
-/// fall through to the other places searched.
+/// An explicit `--data-dir` must hold the four files: a typo, or a copy
+/// with a file missing, should not quietly fall through to the other places
+/// searched.
 fn check_data_dir(dir: &Path) -> Result<(), String> {
     if dir.is_dir() {
-        return Ok(());
+        let missing = bnbook::data::missing_files(dir);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        return Err(format!(
+            "--data-dir {} lacks {} (each may be plain or .gz); put the official files there, \
+             or leave --data-dir out to search the usual places and download if needed",
+            dir.display(),
+            missing.join(", ")
+        ));
     }
     Err(format!(
         "--data-dir {} is not a directory; give the directory that holds the four \
@@ -412,7 +455,28 @@ fn load_options(data_dir: Option<&PathBuf>) -> Result<LoadOptions, String> {
 }
 
 fn load(data_dir: Option<&PathBuf>) -> Result<FashionMnist, String> {
-    FashionMnist::load(&load_options(data_dir)?).map_err(|e| e.to_string())
+    let options = load_options(data_dir)?;
+    warn_if_env_dir_unusable();
+    FashionMnist::load(&options).map_err(|e| e.to_string())
+}
+
+/// `FASHION_MNIST_DIR` is one place of the search, not a requirement: when
+/// it lacks the files the search moves on. Say so, so that a typo in the
+/// variable does not go unnoticed.
+fn warn_if_env_dir_unusable() {
+    let Some(dir) = std::env::var_os(bnbook::data::ENV_DIR).filter(|v| !v.is_empty()) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let missing = bnbook::data::missing_files(&dir);
+    if !missing.is_empty() {
+        eprintln!(
+            "warning: {}={} lacks {}; searching the other places instead",
+            bnbook::data::ENV_DIR,
+            dir.display(),
+            missing.join(", ")
+        );
+    }
 }
 
 /// The command as typed, recorded in the manifests.
@@ -441,8 +505,8 @@ fn norms(args: NormsArgs) -> Result<(), String> {
     let manifest =
         bnbook::compare::generate(&data, &config, &command_line()).map_err(|e| e.to_string())?;
     println!(
-        "{} files written to {}",
-        manifest.artefacts.len(),
+        "{} files written to {} (with the list of them, figures.json)",
+        manifest.artefacts.len() + 1,
         config.out.display()
     );
     Ok(())

@@ -85,6 +85,36 @@ impl ModelKind {
         }
     }
 
+    /// Whether the model normalises with batch statistics in training, and
+    /// therefore needs at least two examples per batch.
+    pub fn uses_batch_statistics(self) -> bool {
+        matches!(
+            self,
+            ModelKind::LenetBn | ModelKind::LenetBnConcise | ModelKind::LenetBnMaxpool
+        )
+    }
+
+    /// Checks that `batch_size` can train this model.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the batch size is 0, or 1 for a model
+    /// with batch norm.
+    pub fn check_batch_size(self, batch_size: usize) -> Result<()> {
+        if batch_size == 0 {
+            return Err(Error::InvalidArgument(
+                "the batch size must be at least 1, got 0 (d2l uses 256)".into(),
+            ));
+        }
+        if batch_size == 1 && self.uses_batch_statistics() {
+            return Err(Error::InvalidArgument(format!(
+                "a batch size of 1 cannot train {self}: batch norm estimates a mean and a \
+                 variance from each batch and needs at least 2 examples per batch; use a \
+                 batch size of 2 or more (d2l uses 256), or a model without batch norm"
+            )));
+        }
+        Ok(())
+    }
+
     /// The normalisation of a LeNet-BN-shaped model with average pooling
     /// (`None` for `lenet` and `lenet-bn-maxpool`).
     pub fn normalization(self) -> Option<(Normalization, Implementation)> {

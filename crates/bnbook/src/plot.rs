@@ -23,8 +23,10 @@ impl Svg {
     /// If the file cannot be written.
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, &self.0)
-            .map_err(|e| Error::InvalidArgument(format!("cannot write {}: {e}", path.display())))
+        std::fs::write(path, &self.0).map_err(|source| Error::Io {
+            what: format!("cannot write {}", path.display()),
+            source,
+        })
     }
 
     /// evcxr's display hook: prints the SVG as rich output.
@@ -59,9 +61,11 @@ const COLORS: [RGBColor; 6] = [
 ];
 
 /// A line chart of several series with a legend, `width × height` pixels.
+/// Points with a NaN or infinite coordinate are left out.
 ///
 /// # Errors
-/// If there is nothing to draw.
+/// If there is no finite point to draw, the values span more than `f64`
+/// can subtract, or the size is zero.
 pub fn line_chart(title: &str, x_label: &str, series: &[Series], size: (u32, u32)) -> Result<Svg> {
     let integer_x = series
         .iter()
@@ -90,10 +94,13 @@ pub fn line_chart_with_x_labels(
     (width, height): (u32, u32),
     x_format: &dyn Fn(f64) -> String,
 ) -> Result<Svg> {
-    let all = || series.iter().flat_map(|s| s.points.iter());
+    // NaN and infinite values (a diverged run's loss) are left out of the
+    // axes and the lines: plotters cannot place them.
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let all = || series.iter().flat_map(|s| s.points.iter()).filter(finite);
     if all().next().is_none() {
         return Err(Error::InvalidArgument(
-            "line_chart: no points to draw".into(),
+            "line_chart: no points to draw (none given, or all are NaN or infinite)".into(),
         ));
     }
     let (x_min, x_max) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
@@ -102,6 +109,16 @@ pub fn line_chart_with_x_labels(
     let (y_min, y_max) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
         (a.min(p.1), b.max(p.1))
     });
+    if !((x_max - x_min) * 2.0).is_finite() || !((y_max - y_min) * 2.0).is_finite() {
+        return Err(Error::InvalidArgument(format!(
+            "line_chart: the values span too wide a range to draw (x {x_min:e} to {x_max:e}, y {y_min:e} to {y_max:e})"
+        )));
+    }
+    if width == 0 || height == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "line_chart: the figure must be at least 1 × 1 pixels, got {width} × {height}"
+        )));
+    }
     let pad = ((y_max - y_min) * 0.05).max(1e-3);
     // Headroom above the curves for the legend (one line per series), so it
     // never hides a line.
@@ -133,7 +150,7 @@ pub fn line_chart_with_x_labels(
             let color = COLORS[i % COLORS.len()];
             chart
                 .draw_series(LineSeries::new(
-                    s.points.iter().copied(),
+                    s.points.iter().filter(finite).copied(),
                     color.stroke_width(2),
                 ))
                 .map_err(plot_error)?
@@ -181,4 +198,36 @@ pub fn training_curves(history: &History) -> Result<Svg> {
         ],
         (480, 320),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 480 × 320 chart of one series through `points`.
+    fn chart(points: &[(f64, f64)]) -> Result<Svg> {
+        let series = [Series {
+            label: "a".into(),
+            points: points.to_vec(),
+        }];
+        line_chart("t", "x", &series, (480, 320))
+    }
+
+    fn refusal(result: Result<Svg>) -> String {
+        result.expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn non_finite_points_are_left_out_or_refused_never_hang() {
+        // A diverged loss: the finite points are drawn.
+        assert!(chart(&[(1.0, 1.0), (2.0, f64::INFINITY)]).is_ok());
+        assert!(refusal(chart(&[(1.0, f64::NAN), (2.0, f64::NAN)])).contains("NaN or infinite"));
+        assert!(refusal(chart(&[(1.0, -1e308), (2.0, 1e308)])).contains("too wide a range"));
+        assert!(chart(&[(1.0, -1e300), (2.0, 1e300)]).is_ok());
+        let tiny = Series {
+            label: "a".into(),
+            points: vec![(1.0, 1.0)],
+        };
+        assert!(refusal(line_chart("t", "x", &[tiny], (0, 0))).contains("at least 1 × 1"));
+    }
 }

@@ -30,7 +30,7 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Mini-batch size (d2l: 256).
     pub batch_size: usize,
-    /// SGD learning rate (d2l: 1.0 with BN, 0.9 without).
+    /// SGD learning rate (d2l: 1.0 for LeNet with batch norm, 0.9 for plain LeNet).
     pub lr: f32,
     /// Seeds the weights and the shuffling.
     pub seed: u64,
@@ -84,7 +84,7 @@ impl TrainConfig {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return invalid(format!(
                 "the learning rate must be a positive number, got {} \
-                 (d2l uses 1.0 with batch norm, 0.9 without)",
+                 (d2l uses 1.0 for LeNet with batch norm, 0.9 for plain LeNet)",
                 self.lr
             ));
         }
@@ -101,19 +101,41 @@ impl TrainConfig {
     }
 }
 
-/// The numbers of one epoch.
+/// The numbers of one epoch. In JSON, a NaN or infinite number (a diverged
+/// run's loss) is written as `null` and read back as NaN.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     /// 1-based epoch number.
     pub epoch: usize,
     /// Mean training loss over the epoch's examples.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Fraction of training examples classified correctly during the epoch.
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_acc: f64,
     /// Fraction of test examples classified correctly after the epoch.
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_acc: f64,
     /// Training examples per second (forward, backward and update only).
+    #[serde(deserialize_with = "nan_if_null")]
     pub examples_per_sec: f64,
+}
+
+/// JSON has no NaN: serde_json writes non-finite numbers as `null`. Reading
+/// `null` back as NaN lets a diverged run's history load again.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+impl EpochRecord {
+    /// The line `bnbook train` prints after the epoch:
+    /// `epoch   1: loss 0.760, train acc 0.722, test acc 0.680, 12123 examples/sec`.
+    pub fn line(&self) -> String {
+        format!(
+            "epoch {:>3}: loss {:.3}, train acc {:.3}, test acc {:.3}, {:.0} examples/sec",
+            self.epoch, self.loss, self.train_acc, self.test_acc, self.examples_per_sec
+        )
+    }
 }
 
 /// A whole training run: the settings and one record per epoch.
@@ -149,7 +171,7 @@ impl History {
             epochs: config.epochs,
             train_examples: config.train_examples(data),
             test_examples: config.test_examples(data),
-            history: Vec::with_capacity(config.epochs),
+            history: Vec::new(), // not with_capacity(epochs): the epoch count is user input
         }
     }
 
@@ -184,14 +206,15 @@ impl History {
 /// `on_epoch` after every epoch. Returns the trained network and its history.
 ///
 /// # Errors
-/// If the settings are invalid ([`TrainConfig::validate`]) or the data is
-/// inconsistent.
+/// If the settings are invalid ([`TrainConfig::validate`],
+/// [`ModelKind::check_batch_size`]) or the data is inconsistent.
 pub fn train_model(
     model: ModelKind,
     data: &FashionMnist,
     config: &TrainConfig,
     on_epoch: impl FnMut(&EpochRecord),
 ) -> Result<(Sequential, History)> {
+    model.check_batch_size(config.batch_size)?;
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut net = model.build(&mut rng)?;
     let history = train(&mut net, model.name(), data, config, on_epoch)?;
@@ -268,8 +291,14 @@ pub fn train(
 /// nothing updated).
 ///
 /// # Errors
-/// If the batch size is zero or the network rejects the images.
+/// If the split is empty (no accuracy to report), the batch size is zero or
+/// the network rejects the images.
 pub fn evaluate(net: &mut Sequential, split: &Split, batch_size: usize) -> Result<f64> {
+    if split.is_empty() {
+        return Err(crate::Error::InvalidArgument(
+            "evaluate: the split has no examples, so there is no accuracy to compute".into(),
+        ));
+    }
     let (mut correct, mut seen) = (0, 0);
     for batch in split.batches(batch_size, &BatchOptions::default())? {
         let logits = net.forward(&Tensor::new(batch.images.into_dyn()), Mode::Eval)?;
@@ -299,6 +328,39 @@ mod tests {
     use super::*;
     use crate::data::blank;
     use crate::error::refusal;
+
+    #[test]
+    fn a_diverged_history_survives_a_json_round_trip() {
+        let record = EpochRecord {
+            epoch: 1,
+            loss: f64::NAN,
+            train_acc: 0.1,
+            test_acc: 0.1,
+            examples_per_sec: 1000.0,
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains("\"loss\":null"), "{json}");
+        let back: EpochRecord = serde_json::from_str(&json).unwrap();
+        assert!(back.loss.is_nan());
+        assert_eq!((back.train_acc, back.examples_per_sec), (0.1, 1000.0));
+        assert!(
+            serde_json::from_str::<EpochRecord>(
+                r#"{"epoch":1,"loss":"x","train_acc":0,"test_acc":0,"examples_per_sec":0}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn batch_size_one_is_refused_only_with_batch_norm() {
+        assert!(refusal(ModelKind::LenetBn.check_batch_size(1)).contains("at least 2 examples"));
+        assert!(
+            refusal(ModelKind::LenetBnConcise.check_batch_size(1)).contains("lenet-bn-concise")
+        );
+        assert!(ModelKind::Lenet.check_batch_size(1).is_ok());
+        assert!(ModelKind::LenetGn.check_batch_size(1).is_ok());
+        assert!(refusal(ModelKind::Lenet.check_batch_size(0)).contains("at least 1"));
+    }
 
     #[test]
     fn d2l_recipe_is_valid() {

@@ -177,6 +177,11 @@ fn cross_entropy_rejects_bad_labels_with_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("(batch, classes)"), "{err}");
+    let err = tensor(&[0, 3], &[])
+        .softmax_cross_entropy(&[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the batch is empty"), "{err}");
 }
 
 #[test]

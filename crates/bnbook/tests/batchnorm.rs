@@ -382,6 +382,18 @@ fn bad_inputs_give_clear_errors() {
             .is_ok()
     );
 
+    // running statistics replaced by a vector of the wrong length
+    for mode in [Mode::Train, Mode::Eval] {
+        let mut shortened = BatchNorm1d::new(3).unwrap();
+        shortened.running_mean.pop();
+        let x = Tensor::new(ArrayD::ones(IxDyn(&[4, 3])));
+        let err = shortened.forward(&x, mode).unwrap_err().to_string();
+        assert!(
+            err.contains("running_mean holds 2 values"),
+            "{mode:?}: {err}"
+        );
+    }
+
     assert!(BatchNorm::new(3, 3).is_err());
     assert!(BatchNorm::new(0, 2).is_err());
     let err = BatchNorm2d::new(3)
@@ -434,7 +446,7 @@ fn bad_hyper_parameters_are_errors_not_nan() {
     fused.options.momentum = Momentum::NewBatchWeight(0.1);
     fused.running_mean.clear();
     let err = fused.forward(&x, Mode::Eval).unwrap_err().to_string();
-    assert!(err.contains("mean has shape [0]"), "{err}");
+    assert!(err.contains("running_mean holds 0 values"), "{err}");
     // the old-weight convention is named in the message
     let options = BatchNormOptions {
         momentum: Momentum::from_old_weight(-0.5),

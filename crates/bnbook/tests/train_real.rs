@@ -307,22 +307,51 @@ fn assert_refused(args: &[&str], expected: &str) {
 #[test]
 fn command_line_reports_bad_input_clearly() {
     // refused before any data is loaded or any training time is spent
-    assert_refused(&["train", "--model", "resnet"], "unknown model `resnet`");
-    assert_refused(&["train", "--model", "resnet"], "lenet-bn-concise");
-    assert_refused(&["bench", "--threads", "0"], "--threads must be at least 1");
-    assert_refused(&["bench", "--batch-size", "0"], "batch size");
+    let refused: [(&[&str], &str); 14] = [
+        (&["train", "--model", "resnet"], "unknown model `resnet`"),
+        (&["train", "--model", "resnet"], "lenet-bn-concise"),
+        (&["bench", "--threads", "0"], "--threads must be at least 1"),
+        (&["bench", "--batch-size", "0"], "batch size"),
+        (
+            &["bench", "--batches", "0"],
+            "timed batches must be at least 1",
+        ),
+        (
+            &["train", "--json", "/no/such/dir/out.json"],
+            "the directory /no/such/dir does not exist",
+        ),
+        (&["train", "--json", "."], "names a directory"),
+        (&["train", "--json", "no-such-dir/"], "names a directory"),
+        (&["train", "--svg", "curves.png"], "should end in .svg"),
+        (
+            &["train", "--json", "same.svg", "--svg", "same.svg"],
+            "give two files",
+        ),
+        (
+            &["train", "--batch-size", "1"],
+            "a batch size of 1 cannot train lenet-bn",
+        ),
+        (
+            &["bench", "--batch-size", "1000000000000"],
+            "too large (at most 65536",
+        ),
+        (
+            &["train", "--data-dir", "/no/such/dir"],
+            "--data-dir /no/such/dir is not a directory",
+        ),
+        (
+            &["bench", "--model", "lenet-bn", "--batch-size", "1"],
+            "at least 2 examples per batch",
+        ),
+    ];
+    for (args, expected) in refused {
+        assert_refused(args, expected);
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let empty = empty.path().to_str().unwrap();
     assert_refused(
-        &["bench", "--batches", "0"],
-        "timed batches must be at least 1",
-    );
-    assert_refused(
-        &["train", "--json", "/no/such/dir/out.json"],
-        "the directory /no/such/dir does not exist",
-    );
-    assert_refused(&["train", "--svg", "."], "is a directory");
-    assert_refused(
-        &["train", "--data-dir", "/no/such/dir"],
-        "--data-dir /no/such/dir is not a directory",
+        &["train", "--data-dir", empty],
+        "lacks train-images-idx3-ubyte",
     );
     if skip() {
         return;

@@ -53,7 +53,7 @@ impl Tensor {
         if n == 0 {
             return Err(Error::shape(
                 context,
-                "0 rows of logits but 0 labels; pass one label per row",
+                "the batch is empty (0 rows of logits): the mean loss of no examples is undefined; pass at least one row",
             ));
         }
 

@@ -182,11 +182,12 @@ impl DataError {
 const GET_THE_DATA_LOCALLY: &str = "\
 To get Fashion-MNIST, do one of:
   1. sudo apt install dataset-fashion-mnist   (installs into /usr/share/datasets/fashion-mnist)
-  2. put the four files (plain or .gz) in a directory and set FASHION_MNIST_DIR to it";
+  2. put the four files (plain or .gz) in a directory and set FASHION_MNIST_DIR to it
+     (or pass it to `bnbook train --data-dir DIR`; in code, LoadOptions::with_dir)";
 
 /// The third way, for when no download was attempted.
-const OR_ALLOW_THE_DOWNLOAD: &str =
-    "  3. allow the download: unset BNBOOK_OFFLINE (or set LoadOptions::allow_download = true)";
+const OR_ALLOW_THE_DOWNLOAD: &str = "  3. allow the download: leave out `bnbook train --offline` and unset BNBOOK_OFFLINE \
+     (in code, LoadOptions::allow_download = true)";
 
 impl fmt::Display for DataError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -293,7 +294,8 @@ impl fmt::Display for DataError {
                 f,
                 "{} does not have the expected content: its decompressed SHA-256 is {actual}, \
                  expected {expected}; delete it and get it again (or, for files that are not \
-                 the official ones, pass Verify::Skip or Verify::Custom)",
+                 the official ones, load them in code with LoadOptions::verify set to \
+                 Verify::Skip or Verify::Custom)",
                 path.display()
             ),
             DataError::Download { url, path, failure } => {

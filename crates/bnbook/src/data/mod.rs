@@ -104,7 +104,7 @@ pub use error::{DataError, DownloadFailure, SearchedDir};
 pub use idx::{FileKind, NUM_CLASSES, read_images, read_labels};
 pub use source::{
     DEBIAN_DIR, DEFAULT_BASE_URL, ENV_BASE_URL, ENV_DIR, ENV_OFFLINE, LoadOptions,
-    PROJECT_LOCAL_DIR, SearchDir, default_cache_dir,
+    PROJECT_LOCAL_DIR, SearchDir, default_cache_dir, missing_files,
 };
 
 use source::DataFiles;

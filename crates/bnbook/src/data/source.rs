@@ -199,6 +199,18 @@ pub(crate) fn find_file(dir: &Path, kind: FileKind) -> Option<PathBuf> {
     gz.is_file().then_some(gz)
 }
 
+/// The names (without `.gz`) of the four Fashion-MNIST files that `dir`
+/// lacks, plain or gzipped; empty if it has them all. Programs that take a
+/// directory from their user can refuse an incomplete one up front instead
+/// of letting the search move on to the next place.
+pub fn missing_files(dir: &Path) -> Vec<&'static str> {
+    FileKind::ALL
+        .into_iter()
+        .filter(|&kind| find_file(dir, kind).is_none())
+        .map(FileKind::file_name)
+        .collect()
+}
+
 /// Looks for all four files in `dir`. On failure, reports what is missing.
 pub(crate) fn examine_dir(place: &SearchDir) -> Result<DataFiles, SearchedDir> {
     let mut found = Vec::with_capacity(FileKind::ALL.len());
@@ -238,7 +250,8 @@ pub(crate) fn locate(options: &LoadOptions) -> Result<DataFiles, Vec<SearchedDir
 pub(crate) fn download_target(options: &LoadOptions) -> Result<&Path, String> {
     if !options.allow_download {
         return Err(format!(
-            "downloading is turned off ({ENV_OFFLINE}=1 or LoadOptions::allow_download = false)"
+            "downloading is turned off (`bnbook train --offline`, {ENV_OFFLINE}=1 or \
+             LoadOptions::allow_download = false)"
         ));
     }
     options.cache_dir.as_deref().ok_or_else(|| {
