@@ -75,7 +75,14 @@ fn default_options_follow_the_environment() {
         "http://mirror.example/fmnist/"
     );
 
-    for (value, offline) in [("1", true), ("true", true), ("0", false), ("", false)] {
+    for (value, offline) in [
+        ("1", true),
+        ("true", true),
+        ("y", true),
+        ("0", false),
+        ("off", false),
+        ("", false),
+    ] {
         set("BNBOOK_OFFLINE", Some(value));
         assert_eq!(
             LoadOptions::default().allow_download,

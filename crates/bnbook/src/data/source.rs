@@ -20,8 +20,9 @@ pub const PROJECT_LOCAL_DIR: &str = "data/fashion-mnist";
 pub const ENV_DIR: &str = "FASHION_MNIST_DIR";
 /// Environment variable overriding [`DEFAULT_BASE_URL`].
 pub const ENV_BASE_URL: &str = "BNBOOK_DATA_URL";
-/// Environment variable that, set to `1` (or `true`, `yes`, `on`), turns the
-/// download off.
+/// Environment variable that turns the download off when set to anything
+/// but an empty value or `0`, `false`, `no`, `off` (so `1`, `true`, `yes`,
+/// `y`, … all mean offline: a typo errs on the side of no network).
 pub const ENV_OFFLINE: &str = "BNBOOK_OFFLINE";
 
 /// A directory to look in, with the reason it is on the list (shown in
@@ -304,9 +305,9 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// Whether `BNBOOK_OFFLINE` asks for no download.
 fn offline_requested() -> bool {
     env_non_empty(ENV_OFFLINE).is_some_and(|value| {
-        matches!(
-            value.to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on"
+        !matches!(
+            value.trim().to_ascii_lowercase().as_str(),
+            "0" | "false" | "no" | "off"
         )
     })
 }
