@@ -55,7 +55,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// The largest batch [`bench`] accepts: 65,536 images of 28 × 28 need a
+/// The largest batch [`bench()`] accepts: 65,536 images of 28 × 28 need a
 /// few GB of activations in LeNet-BN's training step.
 pub const MAX_BENCH_BATCH_SIZE: usize = 1 << 16;
 
