@@ -328,7 +328,7 @@ fn train(args: TrainArgs) -> Result<(), String> {
         options.allow_download = false;
     }
     options.show_progress = !args.quiet;
-    warn_if_env_dir_unusable();
+    warn_if_env_dir_unusable(&options);
     let data = FashionMnist::load(&options).map_err(|e| e.to_string())?;
     if let Some(place) = options.found_in() {
         println!("data: {} ({})", place.dir.display(), place.origin);
@@ -456,14 +456,18 @@ fn load_options(data_dir: Option<&PathBuf>) -> Result<LoadOptions, String> {
 
 fn load(data_dir: Option<&PathBuf>) -> Result<FashionMnist, String> {
     let options = load_options(data_dir)?;
-    warn_if_env_dir_unusable();
+    warn_if_env_dir_unusable(&options);
     FashionMnist::load(&options).map_err(|e| e.to_string())
 }
 
 /// `FASHION_MNIST_DIR` is one place of the search, not a requirement: when
 /// it lacks the files the search moves on. Say so, so that a typo in the
-/// variable does not go unnoticed.
-fn warn_if_env_dir_unusable() {
+/// variable does not go unnoticed. (Not when `--data-dir` is given: that
+/// directory is checked to hold the files and is searched first.)
+fn warn_if_env_dir_unusable(options: &LoadOptions) {
+    if options.dir.is_some() {
+        return;
+    }
     let Some(dir) = std::env::var_os(bnbook::data::ENV_DIR).filter(|v| !v.is_empty()) else {
         return;
     };
