@@ -328,8 +328,7 @@ fn train(args: TrainArgs) -> Result<(), String> {
         options.allow_download = false;
     }
     options.show_progress = !args.quiet;
-    warn_if_env_dir_unusable(&options);
-    let data = FashionMnist::load(&options).map_err(|e| e.to_string())?;
+    let data = load_with(&options)?;
     if let Some(place) = options.found_in() {
         println!("data: {} ({})", place.dir.display(), place.origin);
     }
@@ -455,9 +454,14 @@ fn load_options(data_dir: Option<&PathBuf>) -> Result<LoadOptions, String> {
 }
 
 fn load(data_dir: Option<&PathBuf>) -> Result<FashionMnist, String> {
-    let options = load_options(data_dir)?;
-    warn_if_env_dir_unusable(&options);
-    FashionMnist::load(&options).map_err(|e| e.to_string())
+    load_with(&load_options(data_dir)?)
+}
+
+/// Loads the data as `options` say, after warning about an unusable
+/// `FASHION_MNIST_DIR`.
+fn load_with(options: &LoadOptions) -> Result<FashionMnist, String> {
+    warn_if_env_dir_unusable(options);
+    FashionMnist::load(options).map_err(|e| e.to_string())
 }
 
 /// `FASHION_MNIST_DIR` is one place of the search, not a requirement: when

@@ -100,11 +100,7 @@ impl ModelKind {
     /// [`Error::InvalidArgument`] if the batch size is 0, or 1 for a model
     /// with batch norm.
     pub fn check_batch_size(self, batch_size: usize) -> Result<()> {
-        if batch_size == 0 {
-            return Err(Error::InvalidArgument(
-                "the batch size must be at least 1, got 0 (d2l uses 256)".into(),
-            ));
-        }
+        crate::train::check_batch_size_not_zero(batch_size)?;
         if batch_size == 1 && self.uses_batch_statistics() {
             return Err(Error::InvalidArgument(format!(
                 "a batch size of 1 cannot train {self}: batch norm estimates a mean and a \

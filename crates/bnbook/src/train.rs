@@ -78,9 +78,7 @@ impl TrainConfig {
         if self.epochs == 0 {
             return invalid("the number of epochs must be at least 1, got 0".into());
         }
-        if self.batch_size == 0 {
-            return invalid("the batch size must be at least 1, got 0 (d2l uses 256)".into());
-        }
+        check_batch_size_not_zero(self.batch_size)?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return invalid(format!(
                 "the learning rate must be a positive number, got {} \
@@ -99,6 +97,18 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// Refuses a batch size of 0 (every model needs at least one example per
+/// step); shared by [`TrainConfig::validate`] and
+/// [`ModelKind::check_batch_size`].
+pub(crate) fn check_batch_size_not_zero(batch_size: usize) -> Result<()> {
+    if batch_size == 0 {
+        return Err(crate::Error::InvalidArgument(
+            "the batch size must be at least 1, got 0 (d2l uses 256)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The numbers of one epoch. In JSON, a NaN or infinite number (a diverged
