@@ -11,9 +11,6 @@
 //! running averages over the last ~10 batches can lag behind the final
 //! weights; comparing the two numbers shows how much.
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use bnbook::Tensor;
 use bnbook::data::{BatchOptions, FashionMnist};
 use bnbook::models::ModelKind;
@@ -30,7 +27,6 @@ fn copy_parameters(from: &Sequential, to: &Sequential) {
 }
 
 fn main() -> Result<(), bnbook::Error> {
-    bnbook::bench::keep_freed_memory();
     let seed: u64 = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
@@ -65,7 +61,7 @@ fn main() -> Result<(), bnbook::Error> {
     // (plain average over 40 training batches, no weight update), on a copy
     let mut precise = ModelKind::LenetBn.build(&mut StdRng::seed_from_u64(0))?;
     copy_parameters(&net, &precise);
-    bnbook::figures::reestimate_running_statistics(&mut precise, &data, None, seed, 40)?;
+    bnbook::train::reestimate_running_statistics(&mut precise, &data, None, seed, 40)?;
     println!(
         "test acc with running stats re-estimated on 40 training batches: {:.4}",
         evaluate(&mut precise, &data.test, 256)?

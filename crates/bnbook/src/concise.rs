@@ -29,30 +29,10 @@
 
 use crate::autograd::{Tensor, for_each_chunk};
 use crate::error::{Error, Result};
+pub use crate::nn::Momentum;
 use crate::nn::{BatchNormLayer, Mode, Module, check_eps, check_weight};
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
-
-/// How the running statistics follow the batch statistics.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Momentum {
-    /// `running ← (1 − w)·running + w·batch`, with `w` the weight of the
-    /// **new** batch (PyTorch's `momentum`, default 0.1). The seeds' and
-    /// Keras' `momentum` is the weight of the *old* value; convert with
-    /// [`Momentum::from_old_weight`] (`0.9` becomes `NewBatchWeight(0.1)`).
-    NewBatchWeight(f32),
-    /// The plain average of all batches seen so far (PyTorch's
-    /// `momentum=None`): `w = 1/k` at the `k`-th training step.
-    CumulativeAverage,
-}
-
-impl Momentum {
-    /// From the "weight of the old value" convention used by d2l's scratch
-    /// code (0.9) and Keras (0.99).
-    pub fn from_old_weight(old_weight: f32) -> Self {
-        Momentum::NewBatchWeight(1.0 - old_weight)
-    }
-}
 
 /// Which batch variance feeds the running variance. (Normalising always
 /// uses the biased one, as the math of BN says.)
@@ -491,6 +471,10 @@ impl<const RANK: usize> Module for ConciseBatchNorm<RANK> {
     fn as_batch_norm(&self) -> Option<&dyn BatchNormLayer> {
         Some(self)
     }
+
+    fn as_batch_norm_mut(&mut self) -> Option<&mut dyn BatchNormLayer> {
+        Some(self)
+    }
 }
 
 impl<const RANK: usize> ConciseBatchNorm<RANK> {
@@ -532,5 +516,17 @@ impl<const RANK: usize> BatchNormLayer for ConciseBatchNorm<RANK> {
     }
     fn running_var(&self) -> Vec<f32> {
         self.running_var.clone()
+    }
+    fn momentum(&self) -> Momentum {
+        self.options.momentum
+    }
+    fn set_momentum(&mut self, momentum: Momentum) -> Result<()> {
+        let options = BatchNormOptions {
+            momentum,
+            ..self.options
+        };
+        options.check()?;
+        self.options = options;
+        Ok(())
     }
 }

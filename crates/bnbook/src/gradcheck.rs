@@ -19,11 +19,8 @@
 //! transposed index (the tests show that a deliberately wrong rule fails).
 
 use crate::autograd::Tensor;
-use ndarray::{ArrayD, IxDyn};
-use ndarray_rand::RandomExt;
-use ndarray_rand::rand_distr::Uniform;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
+use crate::random::random_input;
+use ndarray::ArrayD;
 use std::fmt;
 
 /// Settings of a gradient check.
@@ -112,12 +109,7 @@ impl GradCheck {
             .collect();
         let out = f(&params);
         let out_shape = out.shape();
-        let mut rng = StdRng::seed_from_u64(self.seed);
-        let weights = ArrayD::random_using(
-            IxDyn(&out_shape),
-            Uniform::new(-1.0_f32, 1.0).expect("valid"),
-            &mut rng,
-        );
+        let weights = random_input(&out_shape, -1.0, 1.0, self.seed);
         out.backward_with(weights.clone());
 
         // L(x) in f64, for the finite differences
@@ -205,19 +197,4 @@ impl GradCheck {
         }
         report
     }
-}
-
-/// Inputs for gradient checks: entries drawn uniformly from
-/// `[low, high)`, reproducible from `seed`.
-///
-/// # Panics
-/// Unless `low < high` and both are finite (a test helper: its ranges are
-/// written in code, not read from users).
-pub fn random_input(shape: &[usize], low: f32, high: f32, seed: u64) -> ArrayD<f32> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    ArrayD::random_using(
-        IxDyn(shape),
-        Uniform::new(low, high).expect("low < high"),
-        &mut rng,
-    )
 }

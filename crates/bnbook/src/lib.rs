@@ -15,13 +15,16 @@
 //!   composed (chapter "BatchNorm, LayerNorm, InstanceNorm, GroupNorm");
 //! * [`gradcheck`] — finite-difference gradient checking, used by the tests
 //!   and by the book to show that every backward pass is right;
+//! * [`random`] — seeded random arrays, the inputs of examples and checks;
 //! * [`data`] — the Fashion-MNIST loader (find, verify, download, batch);
 //! * [`models`] — LeNet with and without batch norm;
 //! * [`train`] — d2l's training loop, with history and throughput;
 //! * [`plot`] — SVG figures that also display inline in notebooks;
-//! * [`bench`](mod@bench) — timing of training steps;
-//! * [`compare`] — the experiments comparing the four normalisations;
-//! * [`figures`] — every figure and table of the book, from one command.
+//! * [`prelude`] — one `use` for a notebook's first cell.
+//!
+//! The experiments behind the book's figures and tables, the benchmarks and
+//! the `bnbook` command live in the companion crate `bnbook-lab`, so this
+//! library stays small: it is what every notebook loads.
 //!
 //! The crate re-exports [`ndarray`] so that notebooks and examples use exactly
 //! the version the crate was built with: `use bnbook::ndarray::prelude::*;`,
@@ -33,17 +36,16 @@ pub use ndarray;
 pub use rand;
 
 pub mod autograd;
-pub mod bench;
-pub mod compare;
 pub mod concise;
 pub mod data;
 pub mod error;
-pub mod figures;
 pub mod gradcheck;
 pub mod models;
 pub mod nn;
 pub mod norms;
 pub mod plot;
+pub mod prelude;
+pub mod random;
 pub mod scratch;
 pub mod train;
 

@@ -100,15 +100,7 @@ impl ModelKind {
     /// [`Error::InvalidArgument`] if the batch size is 0, or 1 for a model
     /// with batch norm.
     pub fn check_batch_size(self, batch_size: usize) -> Result<()> {
-        crate::train::check_batch_size_not_zero(batch_size)?;
-        if batch_size == 1 && self.uses_batch_statistics() {
-            return Err(Error::InvalidArgument(format!(
-                "a batch size of 1 cannot train {self}: batch norm estimates a mean and a \
-                 variance from each batch and needs at least 2 examples per batch; use a \
-                 batch size of 2 or more (d2l uses 256), or a model without batch norm"
-            )));
-        }
-        Ok(())
+        crate::nn::check_batch_size(batch_size, self.name(), self.uses_batch_statistics())
     }
 
     /// The normalisation of a LeNet-BN-shaped model with average pooling

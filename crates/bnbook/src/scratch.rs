@@ -23,7 +23,7 @@
 
 use crate::autograd::Tensor;
 use crate::error::{Error, Result};
-use crate::nn::{BatchNormLayer, Mode, Module, check_eps, check_weight};
+use crate::nn::{BatchNormLayer, Mode, Module, Momentum, check_eps, check_weight};
 use ndarray::{ArrayD, IxDyn};
 
 /// The axes batch statistics are taken over: the batch axis for fully
@@ -249,6 +249,10 @@ impl Module for BatchNorm {
     fn as_batch_norm(&self) -> Option<&dyn BatchNormLayer> {
         Some(self)
     }
+
+    fn as_batch_norm_mut(&mut self) -> Option<&mut dyn BatchNormLayer> {
+        Some(self)
+    }
 }
 
 impl BatchNormLayer for BatchNorm {
@@ -266,5 +270,22 @@ impl BatchNormLayer for BatchNorm {
     }
     fn running_var(&self) -> Vec<f32> {
         self.moving_var.iter().copied().collect()
+    }
+    fn momentum(&self) -> Momentum {
+        Momentum::from_old_weight(self.momentum)
+    }
+    fn set_momentum(&mut self, momentum: Momentum) -> Result<()> {
+        match momentum {
+            Momentum::NewBatchWeight(w) => {
+                check_weight("BatchNorm", "weight of the new batch", w)?;
+                self.momentum = 1.0 - w;
+                Ok(())
+            }
+            Momentum::CumulativeAverage => Err(Error::InvalidArgument(
+                "the scratch BatchNorm keeps no count of its training steps, so it cannot \
+                 follow Momentum::CumulativeAverage; set NewBatchWeight(1/k) at step k instead"
+                    .into(),
+            )),
+        }
     }
 }

@@ -15,7 +15,10 @@ use crate::autograd::Tensor;
 use crate::data::{BatchOptions, FashionMnist, LastBatch, Split};
 use crate::error::Result;
 use crate::models::ModelKind;
-use crate::nn::{Mode, Module, Sequential, Sgd, count_correct};
+use crate::nn::{
+    MIN_BATCH_WITH_BATCH_NORM, Mode, Module, Momentum, Sequential, Sgd, check_batch_size,
+    check_learning_rate, count_correct,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -78,14 +81,8 @@ impl TrainConfig {
         if self.epochs == 0 {
             return invalid("the number of epochs must be at least 1, got 0".into());
         }
-        check_batch_size_not_zero(self.batch_size)?;
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return invalid(format!(
-                "the learning rate must be a positive number, got {} \
-                 (d2l uses 1.0 for LeNet with batch norm, 0.9 for plain LeNet)",
-                self.lr
-            ));
-        }
+        check_batch_size(self.batch_size, "any network", false)?;
+        check_learning_rate(self.lr)?;
         let (train, test) = (self.train_examples(data), self.test_examples(data));
         if train < 2 || test == 0 {
             return invalid(format!(
@@ -97,18 +94,6 @@ impl TrainConfig {
         }
         Ok(())
     }
-}
-
-/// Refuses a batch size of 0 (every model needs at least one example per
-/// step); shared by [`TrainConfig::validate`] and
-/// [`ModelKind::check_batch_size`].
-pub(crate) fn check_batch_size_not_zero(batch_size: usize) -> Result<()> {
-    if batch_size == 0 {
-        return Err(crate::Error::InvalidArgument(
-            "the batch size must be at least 1, got 0 (d2l uses 256)".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// The numbers of one epoch. In JSON, a NaN or infinite number (a diverged
@@ -258,7 +243,7 @@ pub fn train(
             epoch: epoch as u64,
             limit: config.limit,
             // a final batch of one example cannot be batch-normalised
-            last_batch: LastBatch::DropIfSmallerThan(2),
+            last_batch: LastBatch::DropIfSmallerThan(MIN_BATCH_WITH_BATCH_NORM),
         };
         let bar = progress_bar(
             config,
@@ -318,6 +303,64 @@ pub fn evaluate(net: &mut Sequential, split: &Split, batch_size: usize) -> Resul
     Ok(correct as f64 / seen.max(1) as f64)
 }
 
+/// "Precise BN": replaces the running statistics of every batch-norm layer
+/// of `net` (scratch or concise) by the plain average of the batch
+/// statistics over `batches` training batches of 256, computed with the
+/// *current* weights and no weight update. Batch `k` (from 0) is given the
+/// weight `1/(k+1)` ([`Momentum::NewBatchWeight`]), which makes the result
+/// the average; each layer's own momentum is put back afterwards. The
+/// batches are drawn, shuffled by `seed`, from the first `limit` training
+/// examples (all if `None`), the examples the network was trained on; a
+/// last batch of one example, which batch norm cannot normalise, is skipped.
+///
+/// # Errors
+/// If `net` has no batch-norm layer (there is nothing to re-estimate),
+/// `batches` is 0, or the network rejects the images.
+pub fn reestimate_running_statistics(
+    net: &mut Sequential,
+    data: &FashionMnist,
+    limit: Option<usize>,
+    seed: u64,
+    batches: usize,
+) -> Result<()> {
+    let saved: Vec<Momentum> = net
+        .batch_norm_layers()
+        .iter()
+        .map(|(_, bn)| bn.momentum())
+        .collect();
+    if saved.is_empty() {
+        return Err(crate::Error::InvalidArgument(
+            "the network has no batch-norm layer, so it has no running statistics to re-estimate"
+                .into(),
+        ));
+    }
+    if batches == 0 {
+        return Err(crate::Error::InvalidArgument(
+            "re-estimating the running statistics needs at least 1 batch, got 0".into(),
+        ));
+    }
+    let options = BatchOptions {
+        limit,
+        last_batch: LastBatch::DropIfSmallerThan(MIN_BATCH_WITH_BATCH_NORM),
+        ..BatchOptions::shuffled(seed, u64::MAX)
+    };
+    let mut average = || -> Result<()> {
+        for (k, batch) in data.train.batches(256, &options)?.take(batches).enumerate() {
+            let weight = Momentum::NewBatchWeight(1.0 / (k as f32 + 1.0));
+            for bn in net.batch_norm_layers_mut() {
+                bn.set_momentum(weight)?;
+            }
+            net.forward(&Tensor::new(batch.images.into_dyn()), Mode::Train)?;
+        }
+        Ok(())
+    };
+    let result = average();
+    for (bn, momentum) in net.batch_norm_layers_mut().into_iter().zip(saved) {
+        bn.set_momentum(momentum)?;
+    }
+    result
+}
+
 fn progress_bar(config: &TrainConfig, batches: usize, epoch: usize) -> ProgressBar {
     if !config.progress || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
@@ -336,7 +379,7 @@ fn progress_bar(config: &TrainConfig, batches: usize, epoch: usize) -> ProgressB
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::blank;
+    
     use crate::error::refusal;
 
     #[test]
@@ -375,20 +418,20 @@ mod tests {
     #[test]
     fn d2l_recipe_is_valid() {
         let config = TrainConfig::d2l(ModelKind::LenetBn);
-        assert!(config.validate(&blank(300)).is_ok());
+        assert!(config.validate(&FashionMnist::blank(300)).is_ok());
         let two = TrainConfig {
             limit: Some(2),
             ..config
         };
         assert!(
-            two.validate(&blank(300)).is_ok(),
+            two.validate(&FashionMnist::blank(300)).is_ok(),
             "two examples make a batch"
         );
     }
 
     #[test]
     fn settings_that_would_train_on_nothing_are_refused() {
-        let data = blank(300);
+        let data = FashionMnist::blank(300);
         let d2l = TrainConfig::d2l(ModelKind::LenetBn);
         let zero_epochs = TrainConfig {
             epochs: 0,
@@ -418,7 +461,7 @@ mod tests {
             );
         }
         // a data set with one training example cannot be trained on either
-        assert!(refusal(d2l.validate(&blank(1))).contains("at least 2 training examples"));
+        assert!(refusal(d2l.validate(&FashionMnist::blank(1))).contains("at least 2 training examples"));
     }
 
     #[test]
@@ -432,7 +475,7 @@ mod tests {
             ..TrainConfig::d2l(ModelKind::LenetBn)
         };
         let mut epochs_seen = 0;
-        let result = train(&mut net, "lenet-bn", &blank(10), &config, |_| {
+        let result = train(&mut net, "lenet-bn", &FashionMnist::blank(10), &config, |_| {
             epochs_seen += 1
         });
         assert!(result.is_err());

@@ -5,7 +5,8 @@ use bnbook::concise::{
     BatchNorm1d, BatchNorm2d, BatchNormOptions, ConciseBatchNorm, Momentum, RunningVariance,
     batch_norm_fused,
 };
-use bnbook::gradcheck::{GradCheck, random_input};
+use bnbook::gradcheck::GradCheck;
+use bnbook::random::random_input;
 use bnbook::ndarray::{ArrayD, IxDyn};
 use bnbook::nn::{BatchNormLayer, Module};
 use bnbook::scratch::{BatchNorm, batch_norm, parameter_shape};

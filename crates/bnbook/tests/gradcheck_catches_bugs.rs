@@ -3,7 +3,8 @@
 //! one classic mistake planted in its backward pass.
 
 use bnbook::Tensor;
-use bnbook::gradcheck::{GradCheck, random_input};
+use bnbook::gradcheck::GradCheck;
+use bnbook::random::random_input;
 use bnbook::ndarray::{ArrayD, Ix2};
 
 fn fails(name: &str, inputs: &[ArrayD<f32>], f: impl Fn(&[Tensor]) -> Tensor) {

@@ -1,7 +1,8 @@
 //! Finite-difference checks of every layer, with respect to its input and
 //! to each of its parameters, plus the layers' shape errors.
 
-use bnbook::gradcheck::{GradCheck, random_input};
+use bnbook::gradcheck::GradCheck;
+use bnbook::random::random_input;
 use bnbook::ndarray::ArrayD;
 use bnbook::nn::{
     AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential, Sigmoid, count_correct,

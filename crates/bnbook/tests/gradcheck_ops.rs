@@ -4,7 +4,8 @@
 //! (relu at 0, max-pool ties) or not defined (ln, sqrt, division near 0).
 
 use bnbook::Tensor;
-use bnbook::gradcheck::{GradCheck, random_input};
+use bnbook::gradcheck::GradCheck;
+use bnbook::random::random_input;
 use bnbook::ndarray::ArrayD;
 
 fn check(name: &str, inputs: &[ArrayD<f32>], f: impl Fn(&[Tensor]) -> Tensor) {

@@ -2,7 +2,8 @@
 //! implementations, fused == composed, train == eval, the identities
 //! G = 1 ≡ layer norm and G = C ≡ instance norm, and the shape errors.
 
-use bnbook::gradcheck::{GradCheck, random_input};
+use bnbook::gradcheck::GradCheck;
+use bnbook::random::random_input;
 use bnbook::ndarray::ArrayD;
 use bnbook::nn::Module;
 use bnbook::norms::{

@@ -90,6 +90,7 @@
 //! ```
 
 mod batch;
+#[cfg(feature = "download")]
 mod download;
 mod error;
 pub mod idx;
@@ -266,6 +267,7 @@ fn find_or_download(options: &LoadOptions) -> Result<DataFiles, DataError> {
     };
     let cache_dir =
         source::download_target(options).map_err(|reason| source::not_found(searched, reason))?;
+    #[cfg(feature = "download")]
     download::download_missing(options, cache_dir)?;
     let cache = SearchDir::new(cache_dir, "user cache, after download");
     source::examine_dir(&cache).map_err(|report| {
@@ -348,16 +350,18 @@ fn build_split(
     })
 }
 
-/// `n` blank training and test images labelled 0, for tests of code that
-/// checks settings against a data set without looking at pixels.
-#[cfg(test)]
-pub(crate) fn blank(n: usize) -> FashionMnist {
-    let split = Split {
-        images: ndarray::Array4::zeros((n, 1, 28, 28)),
-        labels: vec![0; n],
-    };
-    FashionMnist {
-        train: split.clone(),
-        test: split,
+impl FashionMnist {
+    /// `n` blank training and `n` blank test images, all labelled 0: a
+    /// stand-in of the right shape for checking settings against the size
+    /// of a data set (tests, dry runs) without reading the files.
+    pub fn blank(n: usize) -> FashionMnist {
+        let split = Split {
+            images: ndarray::Array4::zeros((n, 1, 28, 28)),
+            labels: vec![0; n],
+        };
+        FashionMnist {
+            train: split.clone(),
+            test: split,
+        }
     }
 }

@@ -13,7 +13,7 @@ mod optim;
 
 pub use init::{uniform, xavier_uniform};
 pub use layers::{AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid};
-pub use optim::Sgd;
+pub use optim::{Sgd, check_learning_rate};
 
 use crate::autograd::{Tensor, check_logits};
 use crate::error::Result;
@@ -77,6 +77,12 @@ pub trait Module: AsAny {
     fn as_batch_norm(&self) -> Option<&dyn BatchNormLayer> {
         None
     }
+
+    /// `Some` for batch-norm layers: their momentum can be changed from
+    /// inside any network (see [`Sequential::batch_norm_layers_mut`]).
+    fn as_batch_norm_mut(&mut self) -> Option<&mut dyn BatchNormLayer> {
+        None
+    }
 }
 
 /// What every batch-norm layer (scratch or concise) lets you read.
@@ -93,7 +99,44 @@ pub trait BatchNormLayer {
     fn running_mean(&self) -> Vec<f32>;
     /// The running variance used in [`Mode::Eval`].
     fn running_var(&self) -> Vec<f32>;
+    /// How the running statistics follow the batch statistics, in the
+    /// new-batch-weight terms of [`Momentum`] whatever the layer's own
+    /// convention (the scratch layer's `momentum = 0.9` is
+    /// `NewBatchWeight(0.1)`).
+    fn momentum(&self) -> Momentum;
+    /// Sets how the next training steps update the running statistics
+    /// (precise BN, [`crate::train::reestimate_running_statistics`], uses
+    /// it). Setting back what [`BatchNormLayer::momentum`] returned restores
+    /// the layer exactly for the usual old-value weights of 0.5 and above.
+    ///
+    /// # Errors
+    /// If the weight is outside `[0, 1]`, or the layer cannot follow that
+    /// rule (the scratch layer keeps no step count for
+    /// [`Momentum::CumulativeAverage`]).
+    fn set_momentum(&mut self, momentum: Momentum) -> Result<()>;
 }
+
+/// How the running statistics follow the batch statistics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Momentum {
+    /// `running ← (1 − w)·running + w·batch`, with `w` the weight of the
+    /// **new** batch (PyTorch's `momentum`, default 0.1). The seeds' and
+    /// Keras' `momentum` is the weight of the *old* value; convert with
+    /// [`Momentum::from_old_weight`] (`0.9` becomes `NewBatchWeight(0.1)`).
+    NewBatchWeight(f32),
+    /// The plain average of all batches seen so far (PyTorch's
+    /// `momentum=None`): `w = 1/k` at the `k`-th training step.
+    CumulativeAverage,
+}
+
+impl Momentum {
+    /// From the "weight of the old value" convention used by d2l's scratch
+    /// code (0.9) and Keras (0.99).
+    pub fn from_old_weight(old_weight: f32) -> Self {
+        Momentum::NewBatchWeight(1.0 - old_weight)
+    }
+}
+
 
 /// Layers applied one after another.
 #[derive(Default)]
@@ -160,6 +203,14 @@ impl Sequential {
             .collect()
     }
 
+    /// Every batch-norm layer, in order, to change (e.g. its momentum).
+    pub fn batch_norm_layers_mut(&mut self) -> Vec<&mut dyn BatchNormLayer> {
+        self.layers
+            .iter_mut()
+            .filter_map(|l| l.as_batch_norm_mut())
+            .collect()
+    }
+
     /// Runs `x` through every layer in `Eval` mode and returns each layer's
     /// description with its output shape — the table d2l prints to show how
     /// LeNet shrinks a 28×28 image.
@@ -209,6 +260,36 @@ impl std::fmt::Debug for Sequential {
 /// Checks a normalisation layer's ε: it must be a positive, finite number
 /// (0 divides by zero on a constant channel, a negative or NaN ε gives NaN,
 /// an infinite one erases the input).
+/// The fewest examples a training batch needs when a network normalises
+/// with batch statistics: batch norm estimates a variance from each batch,
+/// and one example has none.
+pub const MIN_BATCH_WITH_BATCH_NORM: usize = 2;
+
+/// The one rule for batch sizes: at least 1, and at least
+/// [`MIN_BATCH_WITH_BATCH_NORM`] when `network` (named in the message)
+/// trains with batch statistics. Every caller — training, models, the
+/// benchmarks, the sweeps, the command line — asks this function.
+///
+/// # Errors
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) saying which
+/// size is wrong and what to use instead.
+pub fn check_batch_size(batch_size: usize, network: &str, batch_statistics: bool) -> Result<()> {
+    if batch_size == 0 {
+        return Err(crate::Error::InvalidArgument(
+            "the batch size must be at least 1, got 0 (d2l uses 256)".into(),
+        ));
+    }
+    if batch_statistics && batch_size < MIN_BATCH_WITH_BATCH_NORM {
+        return Err(crate::Error::InvalidArgument(format!(
+            "a batch size of {batch_size} cannot train {network}: batch norm estimates a mean \
+             and a variance from each batch and needs at least {MIN_BATCH_WITH_BATCH_NORM} \
+             examples per batch; use a batch size of {MIN_BATCH_WITH_BATCH_NORM} or more \
+             (d2l uses 256), or a model without batch norm"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_eps(layer: &str, eps: f32) -> Result<()> {
     if eps.is_finite() && eps > 0.0 {
         return Ok(());

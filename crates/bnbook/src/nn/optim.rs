@@ -3,6 +3,24 @@
 use crate::autograd::Tensor;
 use crate::error::Result;
 
+/// The one rule for learning rates, used by [`Sgd::new`] and by the
+/// training settings: a positive finite number. A negative one would step
+/// uphill (PyTorch's `SGD` refuses it too), NaN or infinity turns every
+/// weight into NaN, and 0 trains nothing.
+///
+/// # Errors
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the
+/// value and d2l's choices.
+pub fn check_learning_rate(lr: f32) -> Result<()> {
+    if lr.is_finite() && lr > 0.0 {
+        return Ok(());
+    }
+    Err(crate::Error::InvalidArgument(format!(
+        "the learning rate must be a positive number, got {lr} \
+         (d2l uses 1.0 for LeNet with batch norm, 0.9 for plain LeNet)"
+    )))
+}
+
 /// Minibatch SGD without momentum or weight decay: `p ← p − lr · ∂loss/∂p`.
 ///
 /// Because the loss is the *mean* over the batch, `lr` is the step per
@@ -17,14 +35,9 @@ impl Sgd {
     /// An optimizer with learning rate `lr`.
     ///
     /// # Errors
-    /// If `lr` is negative, NaN or infinite (PyTorch's `SGD` also refuses a
-    /// negative one): a step would go uphill or turn every weight into NaN.
+    /// If `lr` is not a positive finite number ([`check_learning_rate`]).
     pub fn new(lr: f32) -> Result<Self> {
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(crate::Error::InvalidArgument(format!(
-                "Sgd: the learning rate must be a finite number >= 0, got {lr}"
-            )));
-        }
+        check_learning_rate(lr)?;
         Ok(Sgd { lr })
     }
 

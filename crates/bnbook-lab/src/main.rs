@@ -42,7 +42,7 @@ enum Command {
 #[derive(Args)]
 struct NormsArgs {
     /// Output directory.
-    #[arg(long, default_value = bnbook::compare::DEFAULT_OUT_DIR)]
+    #[arg(long, default_value = bnbook_lab::compare::DEFAULT_OUT_DIR)]
     out: PathBuf,
     /// Epochs of the accuracy comparison at batch 256.
     #[arg(long, default_value_t = 10)]
@@ -79,7 +79,7 @@ struct NormsArgs {
 #[derive(Args)]
 struct FiguresArgs {
     /// Output directory.
-    #[arg(long, default_value = bnbook::figures::DEFAULT_OUT_DIR)]
+    #[arg(long, default_value = bnbook_lab::figures::DEFAULT_OUT_DIR)]
     out: PathBuf,
     /// Epochs per training run.
     #[arg(long, default_value_t = 10)]
@@ -165,7 +165,7 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     restore_sigpipe();
-    bnbook::bench::keep_freed_memory();
+    bnbook_lab::bench::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -282,7 +282,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             set_threads(args.common.threads)?;
             let report =
-                bnbook::bench::bench(args.common.model, args.common.batch_size, args.batches)
+                bnbook_lab::bench::bench(args.common.model, args.common.batch_size, args.batches)
                     .map_err(|e| e.to_string())?;
             println!("{report}");
             if let Some(path) = &args.json {
@@ -345,7 +345,7 @@ fn train(args: TrainArgs) -> Result<(), String> {
         (config.train_examples(&data), config.test_examples(&data));
     println!(
         "training {model} for {}: lr {}, batch {}, seed {}, {train_examples} training / {test_examples} test examples",
-        bnbook::figures::plural(config.epochs, "epoch"),
+        bnbook_lab::report::plural(config.epochs, "epoch"),
         show_lr(config.lr),
         config.batch_size,
         config.seed,
@@ -401,7 +401,7 @@ fn figures(args: FiguresArgs) -> Result<(), String> {
     set_threads(args.threads)?;
     let data = load(args.data_dir.as_ref())?;
     let command = command_line();
-    let config = bnbook::figures::FiguresConfig {
+    let config = bnbook_lab::figures::FiguresConfig {
         out: args.out,
         epochs: args.epochs,
         seeds: args.seeds,
@@ -409,7 +409,7 @@ fn figures(args: FiguresArgs) -> Result<(), String> {
         bench_batches: args.bench_batches,
     };
     let manifest =
-        bnbook::figures::generate(&data, &config, &command).map_err(|e| e.to_string())?;
+        bnbook_lab::figures::generate(&data, &config, &command).map_err(|e| e.to_string())?;
     println!(
         "{} files written to {} (with the list of them, figures.json)",
         manifest.artefacts.len() + 1,
@@ -498,7 +498,7 @@ fn command_line() -> String {
 fn norms(args: NormsArgs) -> Result<(), String> {
     set_threads(args.threads)?;
     let data = load(args.data_dir.as_ref())?;
-    let config = bnbook::compare::CompareConfig {
+    let config = bnbook_lab::compare::CompareConfig {
         out: args.out,
         epochs: args.epochs,
         seeds: args.seeds,
@@ -511,7 +511,7 @@ fn norms(args: NormsArgs) -> Result<(), String> {
         ..Default::default()
     };
     let manifest =
-        bnbook::compare::generate(&data, &config, &command_line()).map_err(|e| e.to_string())?;
+        bnbook_lab::compare::generate(&data, &config, &command_line()).map_err(|e| e.to_string())?;
     println!(
         "{} files written to {} (with the list of them, figures.json)",
         manifest.artefacts.len() + 1,

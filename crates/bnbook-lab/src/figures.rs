@@ -7,17 +7,18 @@
 //! Markdown tables and show the SVG figures written here, and
 //! `figures.json` lists every artefact with the command that made it.
 
-use crate::autograd::Tensor;
 use crate::bench::{BenchReport, bench};
-use crate::concise::{BatchNorm2d, BatchNormOptions};
-use crate::data::FashionMnist;
-use crate::error::{Error, Result};
-use crate::gradcheck::random_input;
-use crate::models::ModelKind;
-use crate::nn::{Mode, Module};
-use crate::plot::{Series, Svg, line_chart};
-use crate::scratch::BatchNorm;
-use crate::train::{EpochRecord, History, TrainConfig, train_model};
+use crate::report::{Manifest, Writer, plural};
+use bnbook::Tensor;
+use bnbook::concise::{BatchNorm2d, BatchNormOptions};
+use bnbook::data::FashionMnist;
+use bnbook::error::{Error, Result};
+use bnbook::random::random_input;
+use bnbook::models::ModelKind;
+use bnbook::nn::{Mode, Module};
+use bnbook::plot::{Series, line_chart};
+use bnbook::scratch::BatchNorm;
+use bnbook::train::{EpochRecord, History, TrainConfig, train_model};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -64,141 +65,6 @@ impl FiguresConfig {
     }
 }
 
-/// One artefact written by [`generate`].
-#[derive(Clone, Debug, Serialize)]
-pub struct Artefact {
-    /// File name inside the output directory.
-    pub file: String,
-    /// What it shows (used as caption or alt text).
-    pub description: String,
-}
-
-/// The manifest `figures.json`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Manifest {
-    /// The command line that produced everything.
-    pub command: String,
-    /// Epochs, seeds and limit used.
-    pub epochs: usize,
-    /// Seeds of the LeNet-BN runs.
-    pub seeds: Vec<u64>,
-    /// Example limit, if any.
-    pub limit: Option<usize>,
-    /// Wall-clock time of the whole run, in seconds.
-    pub seconds: f64,
-    /// Worker threads it ran on.
-    pub threads: usize,
-    /// Everything written.
-    pub artefacts: Vec<Artefact>,
-}
-
-/// `n thing` or `n things`: `plural(1, "seed")` is `1 seed`, `plural(3,
-/// "seed")` is `3 seeds`.
-pub fn plural(n: usize, thing: &str) -> String {
-    if n == 1 {
-        format!("1 {thing}")
-    } else {
-        format!("{n} {thing}s")
-    }
-}
-
-/// How the book quotes a run's duration: `about 5 minutes on 2 threads`
-/// (whole minutes, at least one).
-pub fn run_time_phrase(seconds: f64, threads: usize) -> String {
-    let minutes = (seconds / 60.0).round().max(1.0) as usize;
-    format!(
-        "about {} on {}",
-        plural(minutes, "minute"),
-        plural(threads, "thread")
-    )
-}
-
-/// Writes artefacts into a directory and remembers them for the manifest.
-pub(crate) struct Writer {
-    out: PathBuf,
-    pub(crate) artefacts: Vec<Artefact>,
-}
-
-impl Writer {
-    /// Creates `out` if needed.
-    pub(crate) fn new(out: &std::path::Path) -> Result<Self> {
-        if out.exists() && !out.is_dir() {
-            return Err(Error::InvalidArgument(format!(
-                "{} is a file, not a directory; give a directory to write the figures into",
-                out.display()
-            )));
-        }
-        std::fs::create_dir_all(out).map_err(|source| Error::Io {
-            what: format!("cannot create the directory {}", out.display()),
-            source,
-        })?;
-        Ok(Writer {
-            out: out.to_path_buf(),
-            artefacts: Vec::new(),
-        })
-    }
-
-    pub(crate) fn write(&mut self, file: &str, description: &str, contents: &str) -> Result<()> {
-        let path = self.out.join(file);
-        std::fs::write(&path, contents).map_err(|source| Error::Io {
-            what: format!("cannot write {}", path.display()),
-            source,
-        })?;
-        println!("wrote {}", path.display());
-        self.artefacts.push(Artefact {
-            file: file.to_string(),
-            description: description.to_string(),
-        });
-        Ok(())
-    }
-
-    pub(crate) fn json(
-        &mut self,
-        file: &str,
-        description: &str,
-        value: &impl Serialize,
-    ) -> Result<()> {
-        let text = serde_json::to_string_pretty(value)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        self.write(file, description, &(text + "\n"))
-    }
-
-    pub(crate) fn svg(&mut self, file: &str, description: &str, svg: &Svg) -> Result<()> {
-        self.write(file, description, svg.as_str())
-    }
-
-    /// Ends a run that began at `started`: writes `run-time.md` (one phrase
-    /// without a line break, for the book to include inside a sentence)
-    /// and then the manifest `figures.json` listing everything written.
-    pub(crate) fn finish(
-        mut self,
-        command: &str,
-        epochs: usize,
-        seeds: &[u64],
-        limit: Option<usize>,
-        started: Instant,
-    ) -> Result<Manifest> {
-        let seconds = started.elapsed().as_secs_f64();
-        let threads = rayon::current_num_threads();
-        self.write(
-            "run-time.md",
-            "how long the command that wrote these files ran",
-            &run_time_phrase(seconds, threads),
-        )?;
-        let manifest = Manifest {
-            command: command.to_string(),
-            epochs,
-            seeds: seeds.to_vec(),
-            limit,
-            seconds,
-            threads,
-            artefacts: self.artefacts.clone(),
-        };
-        self.json("figures.json", "this list", &manifest)?;
-        Ok(manifest)
-    }
-}
-
 /// One number per epoch, read from a history record.
 type Metric = fn(&EpochRecord) -> f64;
 
@@ -218,7 +84,7 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     config.validate(data)?;
     let started = Instant::now();
     let mut w = Writer::new(&config.out)?;
-    let run = |model: ModelKind, seed: u64| -> Result<(crate::nn::Sequential, History)> {
+    let run = |model: ModelKind, seed: u64| -> Result<(bnbook::nn::Sequential, History)> {
         let cfg = TrainConfig {
             epochs: config.epochs,
             seed,
@@ -302,7 +168,7 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     w.svg(
         "lenet-bn-curves.svg",
         "d2l's figure for LeNet-BN, first seed: train loss, train accuracy and test accuracy",
-        &crate::plot::training_curves(&bn_runs[0])?,
+        &bnbook::plot::training_curves(&bn_runs[0])?,
     )?;
     let pooling = [
         series("average pooling".into(), &bn_runs[0], |r| r.test_acc),
@@ -383,12 +249,12 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     );
     for (net, h) in bn_nets.iter_mut().zip(&bn_runs) {
         let before = h.last().expect("epochs > 0").test_acc;
-        reestimate_running_statistics(net, data, config.limit, h.seed, 40)?;
+        bnbook::train::reestimate_running_statistics(net, data, config.limit, h.seed, 40)?;
         let test = match config.limit {
             Some(n) => data.test.head(n),
             None => data.test.clone(),
         };
-        let after = crate::train::evaluate(net, &test, 256)?;
+        let after = bnbook::train::evaluate(net, &test, 256)?;
         lag += &format!("| {} | {before:.3} | {after:.3} |\n", h.seed);
     }
     w.write(
@@ -477,60 +343,6 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     )?;
 
     w.finish(command, config.epochs, &config.seeds, config.limit, started)
-}
-
-/// "Precise BN": replaces the running statistics of every scratch
-/// [`BatchNorm`] layer of `net` by the plain average of the batch statistics
-/// over `batches` training batches, computed with the *current* weights
-/// (momentum `k/(k+1)` at batch `k`, no weight update). The batches are
-/// drawn from the first `limit` training examples (all if `None`), the
-/// examples the network was trained on; a last batch of one example, which
-/// batch norm cannot normalise, is skipped.
-///
-/// # Errors
-/// If the network rejects the images.
-pub fn reestimate_running_statistics(
-    net: &mut crate::nn::Sequential,
-    data: &FashionMnist,
-    limit: Option<usize>,
-    seed: u64,
-    batches: usize,
-) -> Result<()> {
-    let options = crate::data::BatchOptions {
-        limit,
-        last_batch: crate::data::LastBatch::DropIfSmallerThan(2),
-        ..crate::data::BatchOptions::shuffled(seed, u64::MAX)
-    };
-    let saved: Vec<f32> = set_momentum(net, None);
-    for (k, batch) in data.train.batches(256, &options)?.take(batches).enumerate() {
-        set_momentum(net, Some(k as f32 / (k as f32 + 1.0)));
-        net.forward(&Tensor::new(batch.images.into_dyn()), Mode::Train)?;
-    }
-    for (layer, momentum) in net
-        .layers_mut()
-        .iter_mut()
-        .filter_map(|l| l.as_any_mut().downcast_mut::<BatchNorm>())
-        .zip(saved)
-    {
-        layer.momentum = momentum;
-    }
-    Ok(())
-}
-
-/// Sets the momentum of every scratch batch-norm layer (if `Some`) and
-/// returns the previous values.
-fn set_momentum(net: &mut crate::nn::Sequential, momentum: Option<f32>) -> Vec<f32> {
-    net.layers_mut()
-        .iter_mut()
-        .filter_map(|l| l.as_any_mut().downcast_mut::<BatchNorm>())
-        .map(|bn| {
-            let old = bn.momentum;
-            if let Some(m) = momentum {
-                bn.momentum = m;
-            }
-            old
-        })
-        .collect()
 }
 
 /// Largest differences between the scratch and the fused batch norm on one
@@ -630,8 +442,8 @@ pub const DEFAULT_OUT_DIR: &str = "book/generated";
 #[cfg(test)]
 mod validation_tests {
     use super::*;
-    use crate::data::blank;
-    use crate::error::refusal;
+    
+    use crate::refusal;
 
     fn book() -> FiguresConfig {
         FiguresConfig {
@@ -645,33 +457,33 @@ mod validation_tests {
 
     #[test]
     fn bad_settings_are_refused_before_any_run() {
-        assert!(book().validate(&blank(300)).is_ok());
+        assert!(book().validate(&FashionMnist::blank(300)).is_ok());
         let no_seeds = FiguresConfig {
             seeds: vec![],
             ..book()
         };
-        assert!(refusal(no_seeds.validate(&blank(300))).contains("at least one seed"));
+        assert!(refusal(no_seeds.validate(&FashionMnist::blank(300))).contains("at least one seed"));
         let no_batches = FiguresConfig {
             bench_batches: 0,
             ..book()
         };
-        assert!(refusal(no_batches.validate(&blank(300))).contains("at least 1 timed batch"));
+        assert!(refusal(no_batches.validate(&FashionMnist::blank(300))).contains("at least 1 timed batch"));
         let no_epochs = FiguresConfig {
             epochs: 0,
             ..book()
         };
-        assert!(refusal(no_epochs.validate(&blank(300))).contains("epochs must be at least 1"));
+        assert!(refusal(no_epochs.validate(&FashionMnist::blank(300))).contains("epochs must be at least 1"));
         let tiny = FiguresConfig {
             limit: Some(1),
             ..book()
         };
-        assert!(refusal(tiny.validate(&blank(300))).contains("at least 2 training examples"));
+        assert!(refusal(tiny.validate(&FashionMnist::blank(300))).contains("at least 2 training examples"));
     }
 
     #[test]
     fn run_time_is_quoted_in_whole_minutes() {
-        assert_eq!(run_time_phrase(10.0, 1), "about 1 minute on 1 thread");
-        assert_eq!(run_time_phrase(289.0, 2), "about 5 minutes on 2 threads");
-        assert_eq!(run_time_phrase(2651.0, 2), "about 44 minutes on 2 threads");
+        assert_eq!(crate::report::run_time_phrase(10.0, 1), "about 1 minute on 1 thread");
+        assert_eq!(crate::report::run_time_phrase(289.0, 2), "about 5 minutes on 2 threads");
+        assert_eq!(crate::report::run_time_phrase(2651.0, 2), "about 44 minutes on 2 threads");
     }
 }

@@ -12,7 +12,7 @@
 //! assertions anywhere in the tests.
 
 use bnbook::Tensor;
-use bnbook::gradcheck::random_input;
+use bnbook::random::random_input;
 use std::time::Instant;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -54,7 +54,7 @@ fn bench(padding: usize, reps: usize) {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    bnbook::bench::keep_freed_memory();
+    bnbook_lab::bench::keep_freed_memory();
     let threads = std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "default".into());
     println!("MATMUL_NUM_THREADS = {threads}");
     bench(0, 50);

@@ -17,17 +17,17 @@
 //! * [`timing`] — forward + backward time of each layer at LeNet's shapes,
 //!   fused and composed.
 
-use crate::autograd::Tensor;
-use crate::concise::{BatchNorm1d, BatchNormOptions};
-use crate::data::FashionMnist;
-use crate::error::{Error, Result};
-use crate::figures::{Manifest, Writer};
-use crate::gradcheck::random_input;
-use crate::models::{ModelKind, Normalization};
-use crate::nn::{Mode, Module};
-use crate::norms::{Implementation, LayerNorm, NormOptions};
-use crate::plot::{Series, Svg, line_chart, line_chart_with_x_labels};
-use crate::train::{History, TrainConfig, train_model};
+use crate::report::{Manifest, Writer};
+use bnbook::Tensor;
+use bnbook::concise::{BatchNorm1d, BatchNormOptions};
+use bnbook::data::FashionMnist;
+use bnbook::error::{Error, Result};
+use bnbook::random::random_input;
+use bnbook::models::{ModelKind, Normalization};
+use bnbook::nn::{Mode, Module};
+use bnbook::norms::{Implementation, LayerNorm, NormOptions};
+use bnbook::plot::{Series, Svg, line_chart, line_chart_with_x_labels};
+use bnbook::train::{History, TrainConfig, train_model};
 use ndarray::{Array2, ArrayD, Axis};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -488,7 +488,7 @@ fn mean_and_range(values: impl Iterator<Item = f64>) -> String {
     format!("{m:.3} ({lo:.3}–{hi:.3})")
 }
 
-fn last(h: &History) -> &crate::train::EpochRecord {
+fn last(h: &History) -> &bnbook::train::EpochRecord {
     h.last().expect("at least one epoch")
 }
 
@@ -614,13 +614,13 @@ fn timing_markdown(rows: &[Timing], repeats: usize) -> String {
     md += &format!(
         "\nMilliseconds for forward + backward in training mode, median of {repeats}, on {}. \
          IN's fully connected slots hold layer norm, as in `lenet-in`.\n",
-        crate::figures::plural(rayon::current_num_threads(), "thread")
+        crate::report::plural(rayon::current_num_threads(), "thread")
     );
     md
 }
 
 /// One number per epoch, read from a history record.
-pub type Metric = fn(&crate::train::EpochRecord) -> f64;
+pub type Metric = fn(&bnbook::train::EpochRecord) -> f64;
 
 /// `metric` per epoch, averaged over seeds, of one model's runs.
 fn mean_curve(runs: &[History], model: &str, f: Metric) -> Vec<(f64, f64)> {
@@ -772,12 +772,12 @@ pub fn generate(data: &FashionMnist, config: &CompareConfig, command: &str) -> R
 #[cfg(test)]
 mod validation_tests {
     use super::*;
-    use crate::data::blank;
-    use crate::error::refusal;
+    
+    use crate::refusal;
 
     #[test]
     fn the_book_settings_are_valid() {
-        assert!(CompareConfig::default().validate(&blank(300)).is_ok());
+        assert!(CompareConfig::default().validate(&FashionMnist::blank(300)).is_ok());
     }
 
     #[test]
@@ -787,45 +787,45 @@ mod validation_tests {
             sweep_batch_sizes: vec![4, 1],
             ..book.clone()
         };
-        assert!(refusal(batch_one.validate(&blank(300))).contains("batch size 1 is too small"));
+        assert!(refusal(batch_one.validate(&FashionMnist::blank(300))).contains("batch size 1 is too small"));
         let without_bn = CompareConfig {
             sweep_norms: vec![Normalization::Group, Normalization::Layer],
             ..batch_one
         };
         assert!(
-            without_bn.validate(&blank(300)).is_ok(),
+            without_bn.validate(&FashionMnist::blank(300)).is_ok(),
             "group and layer norm train on single examples"
         );
         let zero = CompareConfig {
             sweep_batch_sizes: vec![0],
             ..without_bn
         };
-        assert!(refusal(zero.validate(&blank(300))).contains("at least 1, got 0"));
+        assert!(refusal(zero.validate(&FashionMnist::blank(300))).contains("at least 1, got 0"));
         let no_sizes = CompareConfig {
             sweep_batch_sizes: vec![],
             ..book.clone()
         };
-        assert!(refusal(no_sizes.validate(&blank(300))).contains("at least one batch size"));
+        assert!(refusal(no_sizes.validate(&FashionMnist::blank(300))).contains("at least one batch size"));
         let no_seeds = CompareConfig {
             sweep_seeds: vec![],
             ..book.clone()
         };
-        assert!(refusal(no_seeds.validate(&blank(300))).contains("at least one seed"));
+        assert!(refusal(no_seeds.validate(&FashionMnist::blank(300))).contains("at least one seed"));
         let no_epochs = CompareConfig {
             epochs: 0,
             ..book.clone()
         };
-        assert!(refusal(no_epochs.validate(&blank(300))).contains("at least 1 epoch"));
+        assert!(refusal(no_epochs.validate(&FashionMnist::blank(300))).contains("at least 1 epoch"));
         let no_repeats = CompareConfig {
             timing_repeats: 0,
             ..book.clone()
         };
-        assert!(refusal(no_repeats.validate(&blank(300))).contains("at least 1 repetition"));
+        assert!(refusal(no_repeats.validate(&FashionMnist::blank(300))).contains("at least 1 repetition"));
         let tiny_sweep = CompareConfig {
             sweep_limit: Some(1),
             ..book
         };
-        let message = refusal(tiny_sweep.validate(&blank(300)));
+        let message = refusal(tiny_sweep.validate(&FashionMnist::blank(300)));
         assert!(
             message.starts_with("batch-size sweep: the limit leaves 1"),
             "{message}"

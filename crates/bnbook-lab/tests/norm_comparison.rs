@@ -1,7 +1,7 @@
 //! The comparison of normalisations: the invariance table of the layer-norm
 //! paper, measured; the LeNet variants; the sweep's learning-rate rule.
 
-use bnbook::compare::{INVARIANCE_THRESHOLD, invariance_table, scaled_lr, timing};
+use bnbook_lab::compare::{INVARIANCE_THRESHOLD, invariance_table, scaled_lr, timing};
 use bnbook::models::{GROUPS, ModelKind, Normalization, lenet_with};
 use bnbook::ndarray::{ArrayD, IxDyn};
 use bnbook::nn::Module;

@@ -6,7 +6,7 @@
 
 use bnbook::Tensor;
 use bnbook::autograd::profile;
-use bnbook::gradcheck::random_input;
+use bnbook::random::random_input;
 use bnbook::models::ModelKind;
 use bnbook::nn::{Mode, Module, Sgd};
 use bnbook::rand::{SeedableRng, rngs::StdRng};
@@ -16,7 +16,7 @@ use std::time::Instant;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), bnbook::Error> {
-    bnbook::bench::keep_freed_memory();
+    bnbook_lab::bench::keep_freed_memory();
     let model: ModelKind = std::env::args()
         .nth(1)
         .unwrap_or("lenet-bn".into())

@@ -4,11 +4,11 @@
 //! training steps (forward, loss, backward, SGD update) and evaluation
 //! forward passes on a fixed batch, after warm-up, and reports medians.
 
-use crate::autograd::Tensor;
-use crate::error::Result;
-use crate::gradcheck::random_input;
-use crate::models::ModelKind;
-use crate::nn::{Mode, Module, Sgd};
+use bnbook::Tensor;
+use bnbook::error::Result;
+use bnbook::random::random_input;
+use bnbook::models::ModelKind;
+use bnbook::nn::{Mode, Module, Sgd};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -70,13 +70,13 @@ pub const MAX_BENCH_BATCH_SIZE: usize = 1 << 16;
 pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<BenchReport> {
     model.check_batch_size(batch_size)?;
     if batch_size > MAX_BENCH_BATCH_SIZE {
-        return Err(crate::Error::InvalidArgument(format!(
+        return Err(bnbook::Error::InvalidArgument(format!(
             "a benchmark batch of {batch_size} images is too large (at most \
              {MAX_BENCH_BATCH_SIZE}; its activations would not fit in memory); d2l uses 256"
         )));
     }
     if batches == 0 {
-        return Err(crate::Error::InvalidArgument(
+        return Err(bnbook::Error::InvalidArgument(
             "the number of timed batches must be at least 1, got 0".into(),
         ));
     }
@@ -124,6 +124,10 @@ pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<Benc
 /// freed memory back to the operating system after 10 ms, and every training
 /// step, which frees and reallocates the same large buffers, pays page
 /// faults and page clearing for them (measured: ~15 % of a step).
+///
+/// Only with the feature `cli` (the command and the examples): the library
+/// a notebook loads links no allocator of its own.
+#[cfg(feature = "cli")]
 pub fn keep_freed_memory() {
     // `mi_option_purge_delay` is entry 15 of `mi_option_t` in both the v2
     // and v3 headers of mimalloc; -1 means "never purge".

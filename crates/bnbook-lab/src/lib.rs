@@ -1,0 +1,33 @@
+//! # bnbook-lab — the experiments of *Batch Normalization, from scratch in Rust*
+//!
+//! The library the book teaches is [`bnbook`]; this crate runs it at scale
+//! and writes what the chapters show:
+//!
+//! * [`figures`] — every figure and table of the LeNet and concise-BN
+//!   chapters (`bnbook figures`);
+//! * [`compare`] — the experiments comparing batch, layer, instance and
+//!   group norm (`bnbook norms`);
+//! * [`bench`](mod@bench) — timing of training steps and evaluation passes
+//!   (`bnbook bench`);
+//! * [`report`] — the output directory, its manifest and the run time.
+//!
+//! The `bnbook` command (feature `cli`, on by default) is the front end. A
+//! notebook that calls the experiments loads this crate with
+//! `default-features = false`, which leaves out the command line and its
+//! allocator.
+
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod compare;
+pub mod figures;
+pub mod report;
+
+/// The message of an expected error; panics (failing the test) on `Ok`.
+#[cfg(test)]
+pub(crate) fn refusal(result: bnbook::Result<()>) -> String {
+    match result {
+        Ok(()) => panic!("bad settings were accepted"),
+        Err(e) => e.to_string(),
+    }
+}
