@@ -6,10 +6,10 @@
 
 use bnbook::Tensor;
 use bnbook::autograd::profile;
-use bnbook::random::random_input;
 use bnbook::models::ModelKind;
 use bnbook::nn::{Mode, Module, Sgd};
 use bnbook::rand::{SeedableRng, rngs::StdRng};
+use bnbook::random::random_input;
 use std::time::Instant;
 
 #[global_allocator]

@@ -6,9 +6,9 @@
 
 use bnbook::Tensor;
 use bnbook::error::Result;
-use bnbook::random::random_input;
 use bnbook::models::ModelKind;
 use bnbook::nn::{Mode, Module, Sgd};
+use bnbook::random::random_input;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -55,13 +55,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// Timed batches of `bnbook bench` unless told otherwise.
+pub const DEFAULT_BATCHES: usize = 30;
+
+/// Untimed steps before the timed ones (caches, allocator, thread pool).
+pub const WARM_UP_BATCHES: usize = 5;
+
 /// The largest batch [`bench()`] accepts: 65,536 images of 28 × 28 need a
 /// few GB of activations in LeNet-BN's training step.
 pub const MAX_BENCH_BATCH_SIZE: usize = 1 << 16;
 
 /// Times `batches` training steps and evaluation passes of `model` at
 /// `batch_size` on random images (the speed does not depend on the pixel
-/// values), after 5 untimed warm-up steps.
+/// values), after [`WARM_UP_BATCHES`] untimed warm-up steps.
 ///
 /// # Errors
 /// If the model cannot train at `batch_size` (0, or 1 with batch norm; see
@@ -86,7 +92,7 @@ pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<Benc
     let sgd = Sgd::new(0.1)?;
     let x = Tensor::new(random_input(&[batch_size, 1, 28, 28], 0.0, 1.0, 1));
     let labels: Vec<usize> = (0..batch_size).map(|i| i % 10).collect();
-    let warm_up = 5;
+    let warm_up = WARM_UP_BATCHES;
     let (mut train_ms, mut eval_ms) = (Vec::new(), Vec::new());
     for i in 0..warm_up + batches {
         let start = Instant::now();

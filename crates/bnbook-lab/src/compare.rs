@@ -22,11 +22,11 @@ use bnbook::Tensor;
 use bnbook::concise::{BatchNorm1d, BatchNormOptions};
 use bnbook::data::FashionMnist;
 use bnbook::error::{Error, Result};
-use bnbook::random::random_input;
 use bnbook::models::{ModelKind, Normalization};
-use bnbook::nn::{Mode, Module};
+use bnbook::nn::{Mode, Module, check_batch_size};
 use bnbook::norms::{Implementation, LayerNorm, NormOptions};
 use bnbook::plot::{Series, Svg, line_chart, line_chart_with_x_labels};
+use bnbook::random::random_input;
 use bnbook::train::{History, TrainConfig, train_model};
 use ndarray::{Array2, ArrayD, Axis};
 use serde::Serialize;
@@ -86,15 +86,12 @@ impl CompareConfig {
             return invalid("the sweep needs at least one batch size");
         }
         let smallest = self.sweep_batch_sizes.iter().min().copied().unwrap_or(0);
-        if smallest == 0 {
-            return invalid("the sweep's batch sizes must be at least 1, got 0");
-        }
-        if smallest < 2 && self.sweep_norms.contains(&Normalization::Batch) {
-            return Err(Error::InvalidArgument(format!(
-                "the sweep's batch size {smallest} is too small: batch norm estimates a \
-                 variance from each batch, so every batch size must be at least 2"
-            )));
-        }
+        let with_batch_norm = self.sweep_norms.contains(&Normalization::Batch);
+        check_batch_size(smallest, "the sweep's batch norm", with_batch_norm).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "the sweep's batch size {smallest} is too small: {e}"
+            ))
+        })?;
         for (part, limit) in [
             ("accuracy comparison", self.limit),
             ("batch-size sweep", self.sweep_limit),
@@ -214,7 +211,6 @@ type Transform = (
     bool,
 );
 
-// ANCHOR: invariances
 /// Applies each transformation of the layer-norm paper's Table 1 to a random
 /// batch `x` (32 examples, 10 inputs) and weight matrix `W` (10 → 8 units),
 /// and measures how much the normalised outputs of `a = x·W` move.
@@ -279,7 +275,6 @@ pub fn invariance_table() -> Result<Vec<Invariance>> {
         })
         .collect()
 }
-// ANCHOR_END: invariances
 
 // ----- training runs -----
 
@@ -772,12 +767,16 @@ pub fn generate(data: &FashionMnist, config: &CompareConfig, command: &str) -> R
 #[cfg(test)]
 mod validation_tests {
     use super::*;
-    
+
     use crate::refusal;
 
     #[test]
     fn the_book_settings_are_valid() {
-        assert!(CompareConfig::default().validate(&FashionMnist::blank(300)).is_ok());
+        assert!(
+            CompareConfig::default()
+                .validate(&FashionMnist::blank(300))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -787,7 +786,10 @@ mod validation_tests {
             sweep_batch_sizes: vec![4, 1],
             ..book.clone()
         };
-        assert!(refusal(batch_one.validate(&FashionMnist::blank(300))).contains("batch size 1 is too small"));
+        assert!(
+            refusal(batch_one.validate(&FashionMnist::blank(300)))
+                .contains("batch size 1 is too small")
+        );
         let without_bn = CompareConfig {
             sweep_norms: vec![Normalization::Group, Normalization::Layer],
             ..batch_one
@@ -805,22 +807,32 @@ mod validation_tests {
             sweep_batch_sizes: vec![],
             ..book.clone()
         };
-        assert!(refusal(no_sizes.validate(&FashionMnist::blank(300))).contains("at least one batch size"));
+        assert!(
+            refusal(no_sizes.validate(&FashionMnist::blank(300)))
+                .contains("at least one batch size")
+        );
         let no_seeds = CompareConfig {
             sweep_seeds: vec![],
             ..book.clone()
         };
-        assert!(refusal(no_seeds.validate(&FashionMnist::blank(300))).contains("at least one seed"));
+        assert!(
+            refusal(no_seeds.validate(&FashionMnist::blank(300))).contains("at least one seed")
+        );
         let no_epochs = CompareConfig {
             epochs: 0,
             ..book.clone()
         };
-        assert!(refusal(no_epochs.validate(&FashionMnist::blank(300))).contains("at least 1 epoch"));
+        assert!(
+            refusal(no_epochs.validate(&FashionMnist::blank(300))).contains("at least 1 epoch")
+        );
         let no_repeats = CompareConfig {
             timing_repeats: 0,
             ..book.clone()
         };
-        assert!(refusal(no_repeats.validate(&FashionMnist::blank(300))).contains("at least 1 repetition"));
+        assert!(
+            refusal(no_repeats.validate(&FashionMnist::blank(300)))
+                .contains("at least 1 repetition")
+        );
         let tiny_sweep = CompareConfig {
             sweep_limit: Some(1),
             ..book

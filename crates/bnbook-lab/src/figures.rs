@@ -13,10 +13,10 @@ use bnbook::Tensor;
 use bnbook::concise::{BatchNorm2d, BatchNormOptions};
 use bnbook::data::FashionMnist;
 use bnbook::error::{Error, Result};
-use bnbook::random::random_input;
 use bnbook::models::ModelKind;
 use bnbook::nn::{Mode, Module};
 use bnbook::plot::{Series, line_chart};
+use bnbook::random::random_input;
 use bnbook::scratch::BatchNorm;
 use bnbook::train::{EpochRecord, History, TrainConfig, train_model};
 use serde::Serialize;
@@ -36,6 +36,20 @@ pub struct FiguresConfig {
     pub limit: Option<usize>,
     /// Timed batches per speed measurement.
     pub bench_batches: usize,
+}
+
+impl Default for FiguresConfig {
+    /// The book's full-size run: d2l's 10 epochs, seeds 0, 1 and 2, all
+    /// examples, 50 timed batches per speed measurement.
+    fn default() -> Self {
+        FiguresConfig {
+            out: PathBuf::from(DEFAULT_OUT_DIR),
+            epochs: TrainConfig::d2l(ModelKind::LenetBn).epochs,
+            seeds: vec![0, 1, 2],
+            limit: None,
+            bench_batches: 50,
+        }
+    }
 }
 
 impl FiguresConfig {
@@ -320,9 +334,10 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
         );
     }
     speed_md += &format!(
-        "\nMedians of {} at batch {} after 5 warm-up steps, on {}.\n",
+        "\nMedians of {} at batch {} after {} warm-up steps, on {}.\n",
         plural(config.bench_batches, "step"),
         256,
+        crate::bench::WARM_UP_BATCHES,
         plural(rayon::current_num_threads(), "thread")
     );
     w.write(
@@ -442,7 +457,7 @@ pub const DEFAULT_OUT_DIR: &str = "book/generated";
 #[cfg(test)]
 mod validation_tests {
     use super::*;
-    
+
     use crate::refusal;
 
     fn book() -> FiguresConfig {
@@ -462,28 +477,48 @@ mod validation_tests {
             seeds: vec![],
             ..book()
         };
-        assert!(refusal(no_seeds.validate(&FashionMnist::blank(300))).contains("at least one seed"));
+        assert!(
+            refusal(no_seeds.validate(&FashionMnist::blank(300))).contains("at least one seed")
+        );
         let no_batches = FiguresConfig {
             bench_batches: 0,
             ..book()
         };
-        assert!(refusal(no_batches.validate(&FashionMnist::blank(300))).contains("at least 1 timed batch"));
+        assert!(
+            refusal(no_batches.validate(&FashionMnist::blank(300)))
+                .contains("at least 1 timed batch")
+        );
         let no_epochs = FiguresConfig {
             epochs: 0,
             ..book()
         };
-        assert!(refusal(no_epochs.validate(&FashionMnist::blank(300))).contains("epochs must be at least 1"));
+        assert!(
+            refusal(no_epochs.validate(&FashionMnist::blank(300)))
+                .contains("epochs must be at least 1")
+        );
         let tiny = FiguresConfig {
             limit: Some(1),
             ..book()
         };
-        assert!(refusal(tiny.validate(&FashionMnist::blank(300))).contains("at least 2 training examples"));
+        assert!(
+            refusal(tiny.validate(&FashionMnist::blank(300)))
+                .contains("at least 2 training examples")
+        );
     }
 
     #[test]
     fn run_time_is_quoted_in_whole_minutes() {
-        assert_eq!(crate::report::run_time_phrase(10.0, 1), "about 1 minute on 1 thread");
-        assert_eq!(crate::report::run_time_phrase(289.0, 2), "about 5 minutes on 2 threads");
-        assert_eq!(crate::report::run_time_phrase(2651.0, 2), "about 44 minutes on 2 threads");
+        assert_eq!(
+            crate::report::run_time_phrase(10.0, 1),
+            "about 1 minute on 1 thread"
+        );
+        assert_eq!(
+            crate::report::run_time_phrase(289.0, 2),
+            "about 5 minutes on 2 threads"
+        );
+        assert_eq!(
+            crate::report::run_time_phrase(2651.0, 2),
+            "about 44 minutes on 2 threads"
+        );
     }
 }

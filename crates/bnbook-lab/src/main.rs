@@ -7,7 +7,11 @@
 
 use bnbook::data::{FashionMnist, LoadOptions};
 use bnbook::models::ModelKind;
+use bnbook::nn::MIN_BATCH_WITH_BATCH_NORM;
 use bnbook::train::{EpochRecord, History, TrainConfig, train_model};
+use bnbook_lab::compare::CompareConfig;
+use bnbook_lab::figures::FiguresConfig;
+use bnbook_lab::report::plural;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,12 +34,14 @@ enum Command {
     Train(TrainArgs),
     /// Time training steps and evaluation passes of a model.
     Bench(BenchArgs),
-    /// Regenerate every figure, table and number of the book (trains all
-    /// models; about 10 minutes on 2 cores).
+    /// Regenerate every figure, table and number of the LeNet and concise-BN
+    /// chapters (trains all their models; how long the last run took is in
+    /// book/generated/run-time.md).
     Figures(FiguresArgs),
     /// Regenerate the figures and tables of the chapter comparing batch,
     /// layer, instance and group norm (invariances, timing, accuracy per
-    /// normalisation, batch-size sweep; about an hour on 2 cores).
+    /// normalisation, batch-size sweep; the last run's duration is in
+    /// book/generated/norms/run-time.md).
     Norms(NormsArgs),
 }
 
@@ -45,28 +51,28 @@ struct NormsArgs {
     #[arg(long, default_value = bnbook_lab::compare::DEFAULT_OUT_DIR)]
     out: PathBuf,
     /// Epochs of the accuracy comparison at batch 256.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = CompareConfig::default().epochs)]
     epochs: usize,
     /// Seeds of the accuracy comparison, comma-separated.
-    #[arg(long, default_value = "0,1,2", value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', default_values_t = CompareConfig::default().seeds)]
     seeds: Vec<u64>,
     /// Accuracy comparison: use only the first N training and test examples.
     #[arg(long)]
     limit: Option<usize>,
     /// Batch sizes of the sweep, comma-separated.
-    #[arg(long, default_value = "2,4,8,16,32,64,128,256", value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', default_values_t = CompareConfig::default().sweep_batch_sizes)]
     sweep_batch_sizes: Vec<usize>,
     /// Epochs of every sweep run.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = CompareConfig::default().sweep_epochs)]
     sweep_epochs: usize,
     /// Seeds of the sweep, comma-separated.
-    #[arg(long, default_value = "0,1,2", value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', default_values_t = CompareConfig::default().sweep_seeds)]
     sweep_seeds: Vec<u64>,
     /// Sweep: use only the first N training and test examples.
     #[arg(long)]
     sweep_limit: Option<usize>,
     /// Timed repetitions per layer and shape.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = CompareConfig::default().timing_repeats)]
     timing_repeats: usize,
     /// Directory with the four Fashion-MNIST files (searched first).
     #[arg(long)]
@@ -82,16 +88,16 @@ struct FiguresArgs {
     #[arg(long, default_value = bnbook_lab::figures::DEFAULT_OUT_DIR)]
     out: PathBuf,
     /// Epochs per training run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = FiguresConfig::default().epochs)]
     epochs: usize,
     /// Seeds of the LeNet-BN runs, comma-separated.
-    #[arg(long, default_value = "0,1,2", value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', default_values_t = FiguresConfig::default().seeds)]
     seeds: Vec<u64>,
     /// Use only the first N training and test examples (quick check; the book uses all).
     #[arg(long)]
     limit: Option<usize>,
     /// Timed batches per speed measurement.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = FiguresConfig::default().bench_batches)]
     bench_batches: usize,
     /// Directory with the four Fashion-MNIST files (searched first).
     #[arg(long)]
@@ -112,7 +118,7 @@ struct Common {
     #[arg(long)]
     threads: Option<usize>,
     /// Mini-batch size.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = d2l().batch_size)]
     batch_size: usize,
 }
 
@@ -121,14 +127,14 @@ struct TrainArgs {
     #[command(flatten)]
     common: Common,
     /// Passes over the training set.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = d2l().epochs)]
     epochs: usize,
     /// Learning rate [default: d2l's value for the model: 0.9 for lenet, 1.0 for
     /// every other model].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
     /// Seed of the initial weights and of the shuffling.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = d2l().seed)]
     seed: u64,
     /// Use only the first N training and test examples (quick runs).
     #[arg(long)]
@@ -155,12 +161,18 @@ struct TrainArgs {
 struct BenchArgs {
     #[command(flatten)]
     common: Common,
-    /// Timed batches (after 5 warm-up batches).
-    #[arg(long, default_value_t = 30)]
+    /// Timed batches (after the warm-up batches).
+    #[arg(long, default_value_t = bnbook_lab::bench::DEFAULT_BATCHES)]
     batches: usize,
     /// Write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// The recipe the command's training defaults come from (d2l's: 10 epochs,
+/// batch 256, seed 0); the learning rate depends on the model.
+fn d2l() -> TrainConfig {
+    TrainConfig::d2l(ModelKind::LenetBn)
 }
 
 fn main() -> ExitCode {
@@ -345,18 +357,20 @@ fn train(args: TrainArgs) -> Result<(), String> {
         (config.train_examples(&data), config.test_examples(&data));
     println!(
         "training {model} for {}: lr {}, batch {}, seed {}, {train_examples} training / {test_examples} test examples",
-        bnbook_lab::report::plural(config.epochs, "epoch"),
+        plural(config.epochs, "epoch"),
         show_lr(config.lr),
         config.batch_size,
         config.seed,
     );
-    if config.batch_size > 1 && train_examples % config.batch_size == 1 {
+    let left_over = train_examples % config.batch_size;
+    if config.batch_size > 1 && left_over > 0 && left_over < MIN_BATCH_WITH_BATCH_NORM {
         println!(
-            "note: {train_examples} examples in batches of {} leave a last batch of one example, \
+            "note: {train_examples} examples in batches of {} leave a last batch of {}, \
              which batch norm cannot normalise, so the training loop skips it (for every model) \
-             and each epoch trains on {} (the shuffle decides which example waits)",
+             and each epoch trains on {} (the shuffle decides which examples wait)",
             config.batch_size,
-            train_examples - 1
+            plural(left_over, "example"),
+            train_examples - left_over
         );
     }
     // With --json, the history so far is written after every epoch: an
@@ -401,7 +415,7 @@ fn figures(args: FiguresArgs) -> Result<(), String> {
     set_threads(args.threads)?;
     let data = load(args.data_dir.as_ref())?;
     let command = command_line();
-    let config = bnbook_lab::figures::FiguresConfig {
+    let config = FiguresConfig {
         out: args.out,
         epochs: args.epochs,
         seeds: args.seeds,
@@ -498,7 +512,7 @@ fn command_line() -> String {
 fn norms(args: NormsArgs) -> Result<(), String> {
     set_threads(args.threads)?;
     let data = load(args.data_dir.as_ref())?;
-    let config = bnbook_lab::compare::CompareConfig {
+    let config = CompareConfig {
         out: args.out,
         epochs: args.epochs,
         seeds: args.seeds,
@@ -510,8 +524,8 @@ fn norms(args: NormsArgs) -> Result<(), String> {
         timing_repeats: args.timing_repeats,
         ..Default::default()
     };
-    let manifest =
-        bnbook_lab::compare::generate(&data, &config, &command_line()).map_err(|e| e.to_string())?;
+    let manifest = bnbook_lab::compare::generate(&data, &config, &command_line())
+        .map_err(|e| e.to_string())?;
     println!(
         "{} files written to {} (with the list of them, figures.json)",
         manifest.artefacts.len() + 1,

@@ -112,12 +112,7 @@ impl Writer {
     ///
     /// # Errors
     /// If the file cannot be written.
-    pub fn json(
-        &mut self,
-        file: &str,
-        description: &str,
-        value: &impl Serialize,
-    ) -> Result<()> {
+    pub fn json(&mut self, file: &str, description: &str, value: &impl Serialize) -> Result<()> {
         let text = serde_json::to_string_pretty(value)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         self.write(file, description, &(text + "\n"))
@@ -165,4 +160,3 @@ impl Writer {
         Ok(manifest)
     }
 }
-

@@ -379,7 +379,7 @@ fn progress_bar(config: &TrainConfig, batches: usize, epoch: usize) -> ProgressB
 #[cfg(test)]
 mod tests {
     use super::*;
-    
+
     use crate::error::refusal;
 
     #[test]
@@ -396,11 +396,14 @@ mod tests {
         let back: EpochRecord = serde_json::from_str(&json).unwrap();
         assert!(back.loss.is_nan());
         assert_eq!((back.train_acc, back.examples_per_sec), (0.1, 1000.0));
+        // null means NaN, but a string is still no number
+        let err = serde_json::from_str::<EpochRecord>(
+            r#"{"epoch":1,"loss":"x","train_acc":0,"test_acc":0,"examples_per_sec":0}"#,
+        )
+        .unwrap_err();
         assert!(
-            serde_json::from_str::<EpochRecord>(
-                r#"{"epoch":1,"loss":"x","train_acc":0,"test_acc":0,"examples_per_sec":0}"#
-            )
-            .is_err()
+            err.is_data() && err.to_string().contains(r#"invalid type: string "x""#),
+            "{err}"
         );
     }
 
@@ -461,7 +464,9 @@ mod tests {
             );
         }
         // a data set with one training example cannot be trained on either
-        assert!(refusal(d2l.validate(&FashionMnist::blank(1))).contains("at least 2 training examples"));
+        assert!(
+            refusal(d2l.validate(&FashionMnist::blank(1))).contains("at least 2 training examples")
+        );
     }
 
     #[test]
@@ -475,10 +480,20 @@ mod tests {
             ..TrainConfig::d2l(ModelKind::LenetBn)
         };
         let mut epochs_seen = 0;
-        let result = train(&mut net, "lenet-bn", &FashionMnist::blank(10), &config, |_| {
-            epochs_seen += 1
-        });
-        assert!(result.is_err());
+        let result = train(
+            &mut net,
+            "lenet-bn",
+            &FashionMnist::blank(10),
+            &config,
+            |_| epochs_seen += 1,
+        );
+        match result {
+            Err(crate::Error::InvalidArgument(message)) => assert!(
+                message.contains("at least 2 training examples"),
+                "{message}"
+            ),
+            other => panic!("expected the limit of 0 to be refused, got {other:?}"),
+        }
         assert_eq!(epochs_seen, 0, "no epoch of zero examples is reported");
     }
 }

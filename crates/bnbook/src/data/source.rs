@@ -250,9 +250,11 @@ pub(crate) fn locate(options: &LoadOptions) -> Result<DataFiles, Vec<SearchedDir
 /// The directory to download into, or why there will be no download.
 pub(crate) fn download_target(options: &LoadOptions) -> Result<&Path, String> {
     if !cfg!(feature = "download") {
-        return Err("this build of bnbook cannot download (it was compiled without the \
+        return Err(
+            "this build of bnbook cannot download (it was compiled without the \
                     `download` feature); put the four files in one of the places above"
-            .to_string());
+                .to_string(),
+        );
     }
     if !options.allow_download {
         return Err(format!(

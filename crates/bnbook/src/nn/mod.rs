@@ -137,7 +137,6 @@ impl Momentum {
     }
 }
 
-
 /// Layers applied one after another.
 #[derive(Default)]
 pub struct Sequential {

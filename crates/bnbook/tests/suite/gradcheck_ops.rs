@@ -5,8 +5,8 @@
 
 use bnbook::Tensor;
 use bnbook::gradcheck::GradCheck;
-use bnbook::random::random_input;
 use bnbook::ndarray::ArrayD;
+use bnbook::random::random_input;
 
 fn check(name: &str, inputs: &[ArrayD<f32>], f: impl Fn(&[Tensor]) -> Tensor) {
     GradCheck::default().assert_passes(name, inputs, f);

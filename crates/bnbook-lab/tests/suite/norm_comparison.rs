@@ -1,12 +1,12 @@
 //! The comparison of normalisations: the invariance table of the layer-norm
 //! paper, measured; the LeNet variants; the sweep's learning-rate rule.
 
-use bnbook_lab::compare::{INVARIANCE_THRESHOLD, invariance_table, scaled_lr, timing};
 use bnbook::models::{GROUPS, ModelKind, Normalization, lenet_with};
 use bnbook::ndarray::{ArrayD, IxDyn};
 use bnbook::nn::Module;
 use bnbook::norms::Implementation;
 use bnbook::{Mode, Tensor};
+use bnbook_lab::compare::{INVARIANCE_THRESHOLD, invariance_table, scaled_lr, timing};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 

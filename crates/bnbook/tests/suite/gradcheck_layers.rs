@@ -2,15 +2,17 @@
 //! to each of its parameters, plus the layers' shape errors.
 
 use bnbook::gradcheck::GradCheck;
-use bnbook::random::random_input;
 use bnbook::ndarray::ArrayD;
 use bnbook::nn::{
     AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential, Sigmoid, count_correct,
 };
+use bnbook::random::random_input;
 use bnbook::{Mode, Tensor};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::cell::RefCell;
+
+use crate::invalid_argument;
 
 /// Checks `layer` at input `x`: the inputs of the check are `x` followed by
 /// the layer's parameters, which are swapped into the layer on every call.
@@ -195,15 +197,26 @@ fn layers_reject_bad_shapes_with_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("(N, C, H, W)"), "{err}");
-    assert!(Linear::new(0, 3, &mut r).is_err());
-    assert!(Conv2d::new(1, 1, 0, &mut r).is_err());
+    let err = invalid_argument(Linear::new(0, 3, &mut r));
     assert!(
-        Conv2d::new(1, 1, 3, &mut r)
-            .unwrap()
-            .with_stride(0)
-            .is_err()
+        err.contains("in_features must be at least 1, got 0"),
+        "{err}"
     );
-    assert!(MaxPool2d::new(2, 0).is_err());
+    let err = invalid_argument(Conv2d::new(1, 1, 0, &mut r));
+    assert!(
+        err.contains("kernel_size must be at least 1, got 0"),
+        "{err}"
+    );
+    let err = invalid_argument(Conv2d::new(1, 1, 3, &mut r).unwrap().with_stride(0));
+    assert!(
+        err.starts_with("Conv2d") && err.contains("stride must be at least 1, got 0"),
+        "{err}"
+    );
+    let err = invalid_argument(MaxPool2d::new(2, 0));
+    assert!(
+        err.starts_with("MaxPool2d") && err.contains("stride must be at least 1, got 0"),
+        "{err}"
+    );
     // padding as large as the kernel (or absurdly larger) and empty images
     for padding in [3, usize::MAX / 2 + 1] {
         let conv = Conv2d::new(1, 1, 3, &mut r).unwrap().with_padding(padding);

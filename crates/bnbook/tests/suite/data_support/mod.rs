@@ -1,8 +1,6 @@
 //! Synthetic Fashion-MNIST files for the `data_*` tests: small, valid IDX
 //! files (and helpers to break them), written plain or gzip-compressed.
 
-#![allow(dead_code)] // each test binary uses a different part of this module
-
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -89,16 +87,6 @@ impl Synthetic {
             FileKind::TrainLabels => &self.train_labels,
             FileKind::TestImages => &self.test_images,
             FileKind::TestLabels => &self.test_labels,
-        }
-    }
-
-    /// Mutable access to the bytes of one file, to break it.
-    pub fn get_mut(&mut self, kind: FileKind) -> &mut Vec<u8> {
-        match kind {
-            FileKind::TrainImages => &mut self.train_images,
-            FileKind::TrainLabels => &mut self.train_labels,
-            FileKind::TestImages => &mut self.test_images,
-            FileKind::TestLabels => &mut self.test_labels,
         }
     }
 

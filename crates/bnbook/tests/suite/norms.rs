@@ -3,15 +3,17 @@
 //! G = 1 ≡ layer norm and G = C ≡ instance norm, and the shape errors.
 
 use bnbook::gradcheck::GradCheck;
-use bnbook::random::random_input;
 use bnbook::ndarray::ArrayD;
 use bnbook::nn::Module;
 use bnbook::norms::{
     GroupNorm, Implementation, InstanceNorm2d, LayerNorm, NormOptions, standardize_rows_composed,
     standardize_rows_fused,
 };
+use bnbook::random::random_input;
 use bnbook::{Mode, Tensor};
 use std::cell::RefCell;
+
+use crate::invalid_argument;
 
 const BOTH: [Implementation; 2] = [Implementation::Fused, Implementation::Composed];
 
@@ -399,10 +401,21 @@ fn error_of<L: Module>(mut layer: L, shape: &[usize]) -> String {
 fn bad_shapes_and_arguments_are_clear_errors() {
     let e = GroupNorm::new(4, 6).err().unwrap().to_string();
     assert!(e.contains("divisible") && e.contains("1, 2, 3, 6"), "{e}");
-    assert!(GroupNorm::new(0, 6).is_err());
-    assert!(InstanceNorm2d::new(0).is_err());
-    assert!(LayerNorm::new(&[]).is_err());
-    assert!(LayerNorm::new(&[3, 0]).is_err());
+    let e = invalid_argument(GroupNorm::new(0, 6));
+    assert!(
+        e.contains("num_groups and num_channels must be at least 1"),
+        "{e}"
+    );
+    let e = invalid_argument(InstanceNorm2d::new(0));
+    assert!(e.contains("num_features must be at least 1"), "{e}");
+    for shape in [&[][..], &[3, 0]] {
+        let e = invalid_argument(LayerNorm::new(shape));
+        assert!(
+            e.contains("normalized_shape must be non-empty with no zero sizes")
+                && e.contains(&format!("got {shape:?}")),
+            "{e}"
+        );
+    }
     let bad_eps = NormOptions {
         eps: 0.0,
         ..Default::default()
@@ -446,7 +459,11 @@ fn bad_shapes_and_arguments_are_clear_errors() {
         eps: f32::INFINITY,
         ..Default::default()
     };
-    assert!(GroupNorm::with_options(2, 4, bad_eps).is_err());
+    let e = invalid_argument(GroupNorm::with_options(2, 4, bad_eps));
+    assert!(
+        e.contains("eps must be a small positive number") && e.contains("got inf"),
+        "{e}"
+    );
     // γ and β are public; a replacement must keep their shape
     let mut layer = LayerNorm::new(&[4]).unwrap();
     layer.gamma = Some(Tensor::parameter(ArrayD::ones(vec![3])));

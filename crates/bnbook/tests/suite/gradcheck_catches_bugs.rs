@@ -4,8 +4,8 @@
 
 use bnbook::Tensor;
 use bnbook::gradcheck::GradCheck;
-use bnbook::random::random_input;
 use bnbook::ndarray::{ArrayD, Ix2};
+use bnbook::random::random_input;
 
 fn fails(name: &str, inputs: &[ArrayD<f32>], f: impl Fn(&[Tensor]) -> Tensor) {
     let report = GradCheck::default().run(inputs, f);

@@ -2,17 +2,15 @@
 //! malformed file (each must give its own `DataError` variant, naming the
 //! file), the directory search, and mini-batching.
 
-mod data_support;
-
 use std::fs;
 use std::path::Path;
 
+use crate::data_support::{self, Synthetic, gzip, images_header, options_for, write_file};
 use bnbook::data::{
     BatchOptions, CLASS_NAMES, DataError, FashionMnist, FileKind, LastBatch, LoadOptions,
     SearchDir, Split, Verify, class_name, read_images, read_labels,
 };
 use bnbook::ndarray::{Array4, Axis};
-use data_support::{Synthetic, gzip, images_header, options_for, write_file};
 use tempfile::TempDir;
 
 /// Loads synthetic data from `dir`, expecting an error.

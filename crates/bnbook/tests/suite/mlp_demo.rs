@@ -79,7 +79,10 @@ fn sgd_refuses_learning_rates_that_cannot_descend() {
     // trains nothing; here 0 is refused by the optimizer and by TrainConfig)
     for lr in [-0.1, 0.0, f32::NAN, f32::INFINITY] {
         let err = Sgd::new(lr).unwrap_err().to_string();
-        assert!(err.contains("learning rate must be a positive number"), "{lr}: {err}");
+        assert!(
+            err.contains("learning rate must be a positive number"),
+            "{lr}: {err}"
+        );
     }
     assert!(Sgd::new(1e-6).is_ok());
 }

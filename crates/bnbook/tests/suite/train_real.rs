@@ -155,4 +155,3 @@ fn gamma_and_beta_of_every_bn_layer_can_be_read() {
         "γ moved away from 1: {gamma:?}"
     );
 }
-

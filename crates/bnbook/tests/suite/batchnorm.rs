@@ -6,11 +6,13 @@ use bnbook::concise::{
     batch_norm_fused,
 };
 use bnbook::gradcheck::GradCheck;
-use bnbook::random::random_input;
 use bnbook::ndarray::{ArrayD, IxDyn};
 use bnbook::nn::{BatchNormLayer, Module};
+use bnbook::random::random_input;
 use bnbook::scratch::{BatchNorm, batch_norm, parameter_shape};
 use bnbook::{Mode, Tensor};
+
+use crate::invalid_argument;
 
 fn check(name: &str, inputs: &[ArrayD<f32>], f: impl Fn(&[Tensor]) -> Tensor) {
     GradCheck::default().assert_passes(name, inputs, f);
@@ -395,8 +397,13 @@ fn bad_inputs_give_clear_errors() {
         );
     }
 
-    assert!(BatchNorm::new(3, 3).is_err());
-    assert!(BatchNorm::new(0, 2).is_err());
+    let err = invalid_argument(BatchNorm::new(3, 3));
+    assert!(
+        err.contains("num_dims must be 2") && err.contains("got 3"),
+        "{err}"
+    );
+    let err = invalid_argument(BatchNorm::new(0, 2));
+    assert!(err.contains("num_features must be at least 1"), "{err}");
     let err = BatchNorm2d::new(3)
         .unwrap()
         .forward(&wrong_c, Mode::Train)
@@ -407,12 +414,20 @@ fn bad_inputs_give_clear_errors() {
         momentum: Momentum::NewBatchWeight(1.5),
         ..Default::default()
     };
-    assert!(BatchNorm1d::with_options(3, bad).is_err());
+    let err = invalid_argument(BatchNorm1d::with_options(3, bad));
+    assert!(
+        err.contains("momentum") && err.contains("must be in [0, 1], got 1.5"),
+        "{err}"
+    );
     let bad = BatchNormOptions {
         eps: 0.0,
         ..Default::default()
     };
-    assert!(BatchNorm1d::with_options(3, bad).is_err());
+    let err = invalid_argument(BatchNorm1d::with_options(3, bad));
+    assert!(
+        err.contains("eps must be a small positive number") && err.contains("got 0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -428,7 +443,12 @@ fn bad_hyper_parameters_are_errors_not_nan() {
             eps,
             ..Default::default()
         };
-        assert!(BatchNorm1d::with_options(3, options).is_err(), "eps {eps}");
+        let err = invalid_argument(BatchNorm1d::with_options(3, options));
+        assert!(
+            err.contains("eps must be a small positive number")
+                && err.contains(&format!("got {eps}")),
+            "eps {eps}: {err}"
+        );
     }
     for momentum in [-1.0, 5.0, f32::NAN] {
         let err = batch_norm(&x, &g, &b, &mm, &mv, 1e-5, momentum, Mode::Train)
@@ -439,10 +459,18 @@ fn bad_hyper_parameters_are_errors_not_nan() {
     // the layers' public fields are checked on every forward pass
     let mut scratch = BatchNorm::new(3, 2).unwrap();
     scratch.eps = -1.0;
-    assert!(scratch.forward(&x, Mode::Eval).is_err());
+    let err = invalid_argument(scratch.forward(&x, Mode::Eval));
+    assert!(
+        err.contains("eps must be a small positive number") && err.contains("got -1"),
+        "{err}"
+    );
     let mut fused = BatchNorm1d::new(3).unwrap();
     fused.options.momentum = Momentum::NewBatchWeight(f32::NAN);
-    assert!(fused.forward(&x, Mode::Train).is_err());
+    let err = invalid_argument(fused.forward(&x, Mode::Train));
+    assert!(
+        err.contains("momentum") && err.contains("must be in [0, 1], got NaN"),
+        "{err}"
+    );
     assert_eq!(fused.running_mean, vec![0.0; 3], "state untouched");
     fused.options.momentum = Momentum::NewBatchWeight(0.1);
     fused.running_mean.clear();
@@ -462,13 +490,21 @@ fn bad_hyper_parameters_are_errors_not_nan() {
 
 #[test]
 fn concise_batch_norm_exists_for_ranks_two_and_four_only() {
-    assert!(ConciseBatchNorm::<0>::new(3).is_err());
+    let err = invalid_argument(ConciseBatchNorm::<0>::new(3));
+    assert!(
+        err.contains("ConciseBatchNorm::<0>") && err.contains("rank must be 2"),
+        "{err}"
+    );
     let err = ConciseBatchNorm::<1>::new(3).err().unwrap().to_string();
     assert!(
         err.contains("rank must be 2") && err.contains("or 4"),
         "{err}"
     );
-    assert!(ConciseBatchNorm::<3>::new(3).is_err());
+    let err = invalid_argument(ConciseBatchNorm::<3>::new(3));
+    assert!(
+        err.contains("ConciseBatchNorm::<3>") && err.contains("rank must be 2"),
+        "{err}"
+    );
     assert!(ConciseBatchNorm::<2>::new(3).is_ok() && ConciseBatchNorm::<4>::new(3).is_ok());
 }
 

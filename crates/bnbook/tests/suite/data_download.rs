@@ -3,8 +3,6 @@
 //! mode. After every failure the target directory must hold no temporary
 //! file and nothing under a final name that was not verified.
 
-mod data_support;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::data_support::{Synthetic, dir_entries, gzip};
 use bnbook::data::{DataError, DownloadFailure, FashionMnist, FileKind, LoadOptions, Verify};
-use data_support::{Synthetic, dir_entries, gzip};
 use tempfile::TempDir;
 
 // ------------------------------------------------------------- test server
