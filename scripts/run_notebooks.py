@@ -2,11 +2,15 @@
 """Execute evcxr (Rust kernel) notebooks headless and report each one.
 
     .venv/bin/python scripts/run_notebooks.py notebooks/*.ipynb
+    .venv/bin/python scripts/run_notebooks.py --in-place notebooks/*.ipynb
 
 Each notebook runs top to bottom in a fresh `rust` kernel whose working
 directory is the notebook's folder (so `:dep bnbook = { path = "../crates/bnbook" }`
 resolves). The executed copy is written next to it as NAME.out.ipynb
-(git-ignored). Prints `ok`/`FAIL` per notebook, then
+(git-ignored); with --in-place the outputs go into the notebook itself, which
+is how the committed outputs are refreshed (full size: no BNBOOK_EPOCHS or
+BNBOOK_LIMIT in the environment). A notebook that fails is never written in
+place. Prints `ok`/`FAIL` per notebook, then
 `notebooks: N passed, N failed`, and exits 1 if any notebook failed.
 
 A cell fails on a compile error (evcxr's `error` output, printed here with
@@ -59,6 +63,8 @@ def indent(text, prefix="    "):
 
 
 def main(args):
+    in_place = "--in-place" in args
+    args = [a for a in args if a != "--in-place"]
     if not args:
         print(__doc__)
         return 2
@@ -84,7 +90,8 @@ def main(args):
             crash = e
         elapsed = time.time() - t0
         found = list(problems(nb))
-        nbformat.write(nb, path.with_suffix(".out.ipynb"))
+        failed_here = crash is not None or bool(found)
+        nbformat.write(nb, path if in_place and not failed_here else path.with_suffix(".out.ipynb"))
         if crash is not None or found:
             failed += 1
             print(f"FAIL {path.name} ({elapsed:.1f}s)", flush=True)

@@ -190,27 +190,27 @@ fn channel_moments(x: &[f32], (n, c, s): (usize, usize, usize)) -> (Vec<f32>, Ve
 /// very batch (training), in which case they depend on `x` and the backward
 /// pass has the two extra terms; otherwise (evaluation) they are constants.
 ///
+/// `affine` is `Some((γ, β))` for a layer with learned scale and shift.
+///
 /// # Errors
-/// If `x` has fewer than two axes or `gamma`, `beta`, `mean`, `inv_std` do
-/// not hold one value per channel.
+/// If `x` has fewer than two axes or γ, β, `mean`, `inv_std` do not hold
+/// one value per channel.
 pub fn batch_norm_fused(
     x: &Tensor,
-    gamma: Option<&Tensor>,
-    beta: Option<&Tensor>,
+    affine: Option<(&Tensor, &Tensor)>,
     mean: Vec<f32>,
     inv_std: Vec<f32>,
     batch_statistics: bool,
 ) -> Result<Tensor> {
     let shape = x.shape();
-    check_per_channel(&shape, gamma, beta, &mean, &inv_std)?;
+    check_per_channel(&shape, affine, &mean, &inv_std)?;
     let (n, c, s) = channel_layout(&shape);
-    let scale: Vec<f32> = match gamma {
-        Some(g) => g.value().iter().zip(&inv_std).map(|(g, i)| g * i).collect(),
-        None => inv_std.clone(),
-    };
-    let shift: Vec<f32> = match beta {
-        Some(b) => b.value().iter().copied().collect(),
-        None => vec![0.0; c],
+    let (scale, shift): (Vec<f32>, Vec<f32>) = match affine {
+        Some((g, b)) => (
+            g.value().iter().zip(&inv_std).map(|(g, i)| g * i).collect(),
+            b.value().iter().copied().collect(),
+        ),
+        None => (inv_std.clone(), vec![0.0; c]),
     };
     // forward: y = γ·(x − μ)·inv_std + β, as one multiply-add per value
     let mut y = x.value().as_standard_layout().into_owned();
@@ -224,10 +224,10 @@ pub fn batch_norm_fused(
         },
     );
 
-    let mut parents = vec![x];
-    parents.extend(gamma);
-    parents.extend(beta);
-    let has_gamma = gamma.is_some();
+    let parents = match affine {
+        Some((gamma, beta)) => vec![x, gamma, beta],
+        None => vec![x],
+    };
     let out = Tensor::from_op("batch_norm_fused", y, &parents, move |ctx| {
         let x = ctx.input(0).as_standard_layout();
         let x = x.as_slice().expect("standard layout");
@@ -276,11 +276,10 @@ pub fn batch_norm_fused(
                 .expect("c values")
         };
         let mut grads = vec![dx];
-        if has_gamma {
+        if ctx.inputs.len() == 3 {
+            // γ and β: ∂L/∂γ = Σ g·x̂, ∂L/∂β = Σ g
             grads.push(ctx.needs(1).then(|| to_array(&sum_gx)));
-        }
-        if ctx.inputs.len() > 1 + usize::from(has_gamma) {
-            grads.push(ctx.needs(grads.len()).then(|| to_array(&sum_g)));
+            grads.push(ctx.needs(2).then(|| to_array(&sum_g)));
         }
         grads
     });
@@ -292,8 +291,7 @@ pub fn batch_norm_fused(
 /// per-channel input of [`batch_norm_fused`] has one value per channel.
 fn check_per_channel(
     shape: &[usize],
-    gamma: Option<&Tensor>,
-    beta: Option<&Tensor>,
+    affine: Option<(&Tensor, &Tensor)>,
     mean: &[f32],
     inv_std: &[f32],
 ) -> Result<()> {
@@ -305,8 +303,8 @@ fn check_per_channel(
     };
     // exactly (C,) for γ and β: their gradients are built with that shape
     let shapes = [
-        ("gamma", gamma.map(Tensor::shape)),
-        ("beta", beta.map(Tensor::shape)),
+        ("gamma", affine.map(|(gamma, _)| gamma.shape())),
+        ("beta", affine.map(|(_, beta)| beta.shape())),
         ("mean", Some(vec![mean.len()])),
         ("inv_std", Some(vec![inv_std.len()])),
     ];
@@ -384,6 +382,22 @@ impl<const RANK: usize> ConciseBatchNorm<RANK> {
         })
     }
 
+    /// γ and β as the pair [`batch_norm_fused`] takes.
+    ///
+    /// # Errors
+    /// If only one of them is set: an affine layer has both, a plain one
+    /// neither.
+    fn affine(&self) -> Result<Option<(&Tensor, &Tensor)>> {
+        match (&self.gamma, &self.beta) {
+            (Some(gamma), Some(beta)) => Ok(Some((gamma, beta))),
+            (None, None) => Ok(None),
+            _ => Err(Error::InvalidArgument(format!(
+                "{}: gamma and beta must both be Some (affine) or both None",
+                self.describe()
+            ))),
+        }
+    }
+
     fn check_input(&self, x: &Tensor) -> Result<()> {
         let shape = x.shape();
         if shape.len() != RANK || shape[1] != self.num_features {
@@ -446,14 +460,7 @@ impl<const RANK: usize> Module for ConciseBatchNorm<RANK> {
             }
         };
         let inv_std = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-        batch_norm_fused(
-            x,
-            self.gamma.as_ref(),
-            self.beta.as_ref(),
-            mean,
-            inv_std,
-            batch_statistics,
-        )
+        batch_norm_fused(x, self.affine()?, mean, inv_std, batch_statistics)
     }
 
     fn parameters(&self) -> Vec<Tensor> {

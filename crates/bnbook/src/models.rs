@@ -17,7 +17,8 @@ use std::str::FromStr;
 /// The models the book trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ModelKind {
-    /// LeNet with the from-scratch [`BatchNorm`] after every layer but the last.
+    /// LeNet with the from-scratch [`BatchNorm`] after every layer but the
+    /// last: the network [`lenet_bn`] writes out layer by layer.
     LenetBn,
     /// The same network with the fused [`BatchNorm1d`]/[`BatchNorm2d`]
     /// (d2l's conventions, so both train identically).
@@ -134,7 +135,9 @@ impl ModelKind {
     pub fn build<R: Rng + ?Sized>(self, rng: &mut R) -> Result<Sequential> {
         match self {
             ModelKind::Lenet => lenet(rng),
-            ModelKind::LenetBnMaxpool => lenet_bn(rng, Pool::Max, Normalization::Batch, COMPOSED),
+            ModelKind::LenetBnMaxpool => {
+                lenet_bn_variant(rng, Pool::Max, Normalization::Batch, COMPOSED)
+            }
             _ => {
                 let (norm, implementation) = self.normalization().expect("LeNet-BN shaped");
                 lenet_with(norm, implementation, rng)
@@ -277,7 +280,7 @@ pub fn lenet_with<R: Rng + ?Sized>(
     implementation: Implementation,
     rng: &mut R,
 ) -> Result<Sequential> {
-    lenet_bn(rng, Pool::Average, norm, implementation)
+    lenet_bn_variant(rng, Pool::Average, norm, implementation)
 }
 
 fn push_norm(net: &mut Sequential, layer: Option<Box<dyn Module>>) {
@@ -287,9 +290,41 @@ fn push_norm(net: &mut Sequential, layer: Option<Box<dyn Module>>) {
 }
 
 // ANCHOR: lenet_bn
-/// LeNet with batch norm: Conv(1→6, 5×5) BN σ Pool, Conv(6→16, 5×5) BN σ
-/// Pool, Flatten, Linear(256→120) BN σ, Linear(120→84) BN σ, Linear(84→10).
-fn lenet_bn<R: Rng + ?Sized>(
+/// LeNet with the from-scratch batch norm after every layer but the last,
+/// written out layer by layer like d2l's `nn.Sequential(...)`: the network
+/// of [`ModelKind::LenetBn`], with Xavier-uniform weights drawn from `rng`.
+///
+/// # Errors
+/// Never for this fixed architecture; the `Result` comes from the layer
+/// constructors.
+pub fn lenet_bn<R: Rng + ?Sized>(rng: &mut R) -> Result<Sequential> {
+    Ok(Sequential::new()
+        .with(Conv2d::new(1, 6, 5, rng)?) // (N, 6, 24, 24)
+        .with(BatchNorm::new(6, 4)?)
+        .with(Sigmoid)
+        .with(AvgPool2d::new(2, 2)?) // (N, 6, 12, 12)
+        .with(Conv2d::new(6, 16, 5, rng)?) // (N, 16, 8, 8)
+        .with(BatchNorm::new(16, 4)?)
+        .with(Sigmoid)
+        .with(AvgPool2d::new(2, 2)?) // (N, 16, 4, 4)
+        .with(Flatten) // (N, 256)
+        .with(Linear::new(16 * 4 * 4, 120, rng)?) // (N, 120)
+        .with(BatchNorm::new(120, 2)?)
+        .with(Sigmoid)
+        .with(Linear::new(120, 84, rng)?) // (N, 84)
+        .with(BatchNorm::new(84, 2)?)
+        .with(Sigmoid)
+        .with(Linear::new(84, 10, rng)?)) // (N, 10)
+}
+// ANCHOR_END: lenet_bn
+
+// ANCHOR: lenet_bn_variant
+/// LeNet-BN with a choice of pooling and of the layer in the four
+/// normalisation slots: Conv(1→6, 5×5) Norm σ Pool, Conv(6→16, 5×5) Norm σ
+/// Pool, Flatten, Linear(256→120) Norm σ, Linear(120→84) Norm σ,
+/// Linear(84→10). [`ModelKind::build`] makes every LeNet-BN-shaped model
+/// with it.
+fn lenet_bn_variant<R: Rng + ?Sized>(
     rng: &mut R,
     pooling: Pool,
     norm: Normalization,
@@ -314,9 +349,8 @@ fn lenet_bn<R: Rng + ?Sized>(
     net.push(Linear::new(84, 10, rng)?);
     Ok(net)
 }
-// ANCHOR_END: lenet_bn
+// ANCHOR_END: lenet_bn_variant
 
-// ANCHOR: lenet
 /// d2l's LeNet: Conv(1→6, 5×5, padding 2) σ AvgPool, Conv(6→16, 5×5) σ
 /// AvgPool, Flatten, Linear(400→120) σ, Linear(120→84) σ, Linear(84→10).
 fn lenet<R: Rng + ?Sized>(rng: &mut R) -> Result<Sequential> {
@@ -334,4 +368,53 @@ fn lenet<R: Rng + ?Sized>(rng: &mut R) -> Result<Sequential> {
         .with(Sigmoid)
         .with(Linear::new(84, 10, rng)?))
 }
-// ANCHOR_END: lenet
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autograd::Tensor;
+    use crate::nn::Mode;
+    use crate::random::random_input;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    /// The literal listing of the LeNet chapter and the builder behind
+    /// `ModelKind::LenetBn` are the same network: same layers, same
+    /// parameters drawn from the same rng, same outputs in both modes.
+    #[test]
+    fn literal_lenet_bn_is_the_model_kind_network() {
+        for seed in [0, 7] {
+            let mut literal = lenet_bn(&mut StdRng::seed_from_u64(seed)).unwrap();
+            let mut built = ModelKind::LenetBn
+                .build(&mut StdRng::seed_from_u64(seed))
+                .unwrap();
+            let layers = |net: &Sequential| -> Vec<String> {
+                net.layers().iter().map(|l| l.describe()).collect()
+            };
+            assert_eq!(layers(&literal), layers(&built));
+            assert_eq!(literal.describe(), built.describe());
+            let (p, q) = (literal.parameters(), built.parameters());
+            assert_eq!(p.len(), q.len());
+            for (a, b) in p.iter().zip(&q) {
+                assert_eq!(a.shape(), b.shape());
+                assert_eq!(*a.value(), *b.value(), "parameter values, seed {seed}");
+            }
+            let x = Tensor::new(random_input(&[8, 1, 28, 28], 0.0, 1.0, seed + 1));
+            // Eval with the initial running statistics, then a training
+            // step (which updates them), then Eval again with the updated ones.
+            for mode in [Mode::Eval, Mode::Train, Mode::Eval] {
+                let y = literal.forward(&x, mode).unwrap();
+                let z = built.forward(&x, mode).unwrap();
+                assert_eq!(y.shape(), vec![8, 10]);
+                assert_eq!(*y.value(), *z.value(), "{mode:?} output, seed {seed}");
+                if mode == Mode::Train {
+                    y.sum_all().backward();
+                    z.sum_all().backward();
+                    for (a, b) in p.iter().zip(&q) {
+                        assert_eq!(a.grad(), b.grad(), "gradients, seed {seed}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -335,9 +335,7 @@ impl Tensor {
             inputs: &inputs,
             needs_grad: &needs,
         };
-        let started = profile::start();
-        let parent_grads = backward(&ctx);
-        profile::record(self.0.op, started);
+        let parent_grads = self.run_backward(backward, &ctx);
         assert_eq!(
             parent_grads.len(),
             self.0.parents.len(),
@@ -359,6 +357,19 @@ impl Tensor {
         }
     }
     // ANCHOR_END: propagate
+
+    /// Calls this node's backward rule: `backward(ctx)`, timed per
+    /// operation when [`profile`] is enabled.
+    fn run_backward(
+        &self,
+        backward: &BackwardFn,
+        ctx: &BackwardContext,
+    ) -> Vec<Option<ArrayD<f32>>> {
+        let started = profile::start();
+        let parent_grads = backward(ctx);
+        profile::record(self.0.op, started);
+        parent_grads
+    }
 }
 
 // ANCHOR: accumulate

@@ -516,7 +516,6 @@ fn fused_op_checks_its_per_channel_inputs() {
     let err = batch_norm_fused(
         &Tensor::new(ArrayD::zeros(IxDyn(&[3]))),
         None,
-        None,
         mean,
         inv_std,
         true,
@@ -524,14 +523,15 @@ fn fused_op_checks_its_per_channel_inputs() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("expected (N, C)"), "{err}");
-    let err = batch_norm_fused(&x, None, None, vec![0.0; 2], vec![1.0; 3], true)
+    let err = batch_norm_fused(&x, None, vec![0.0; 2], vec![1.0; 3], true)
         .unwrap_err()
         .to_string();
     assert!(err.contains("mean has shape [2]"), "{err}");
     for gamma_shape in [&[2][..], &[5], &[1, 3]] {
         let gamma = Tensor::parameter(ArrayD::ones(IxDyn(gamma_shape)));
         let (mean, inv_std) = stats();
-        let err = batch_norm_fused(&x, Some(&gamma), None, mean, inv_std, true)
+        let beta = Tensor::parameter(ArrayD::zeros(IxDyn(&[3])));
+        let err = batch_norm_fused(&x, Some((&gamma, &beta)), mean, inv_std, true)
             .unwrap_err()
             .to_string();
         assert!(
@@ -540,7 +540,7 @@ fn fused_op_checks_its_per_channel_inputs() {
         );
     }
     let (mean, inv_std) = stats();
-    assert!(batch_norm_fused(&x, None, None, mean, inv_std, false).is_ok());
+    assert!(batch_norm_fused(&x, None, mean, inv_std, false).is_ok());
 }
 
 #[test]
