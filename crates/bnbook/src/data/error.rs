@@ -186,8 +186,13 @@ To get Fashion-MNIST, do one of:
      (or pass it to `bnbook train --data-dir DIR`; in code, LoadOptions::with_dir)";
 
 /// The third way, for when no download was attempted.
+#[cfg(feature = "download")]
 const OR_ALLOW_THE_DOWNLOAD: &str = "  3. allow the download: leave out `bnbook train --offline` and unset BNBOOK_OFFLINE \
      (in code, LoadOptions::allow_download = true)";
+/// The third way in a build without the downloader.
+#[cfg(not(feature = "download"))]
+const OR_ALLOW_THE_DOWNLOAD: &str = "  3. build bnbook with its default feature `download` (in Cargo.toml or a \
+     notebook's :dep, leave out default-features = false) and let it download";
 
 impl fmt::Display for DataError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,6 +12,7 @@ mod data_support;
 mod autograd_hand_computed;
 mod batchnorm;
 mod batchnorm_pytorch_parity;
+#[cfg(feature = "download")] // a local HTTP server serves the files
 mod data_download;
 mod data_env;
 mod data_files;
