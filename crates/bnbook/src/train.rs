@@ -84,12 +84,13 @@ impl TrainConfig {
         check_batch_size(self.batch_size, "any network", false)?;
         check_learning_rate(self.lr)?;
         let (train, test) = (self.train_examples(data), self.test_examples(data));
-        if train < 2 || test == 0 {
+        let least = MIN_BATCH_WITH_BATCH_NORM;
+        if train < least || test == 0 {
             return invalid(format!(
                 "the limit leaves {train} training and {test} test examples; \
-                 training needs at least 2 training examples (batch norm \
+                 training needs at least {least} training examples (batch norm \
                  estimates a variance from each batch) and 1 test example, \
-                 so use a limit of at least 2"
+                 so use a limit of at least {least}"
             ));
         }
         Ok(())

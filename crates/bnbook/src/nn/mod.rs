@@ -256,9 +256,6 @@ impl std::fmt::Debug for Sequential {
     }
 }
 
-/// Checks a normalisation layer's ε: it must be a positive, finite number
-/// (0 divides by zero on a constant channel, a negative or NaN ε gives NaN,
-/// an infinite one erases the input).
 /// The fewest examples a training batch needs when a network normalises
 /// with batch statistics: batch norm estimates a variance from each batch,
 /// and one example has none.
@@ -289,6 +286,9 @@ pub fn check_batch_size(batch_size: usize, network: &str, batch_statistics: bool
     Ok(())
 }
 
+/// Checks a normalisation layer's ε: it must be a positive, finite number
+/// (0 divides by zero on a constant channel, a negative or NaN ε gives NaN,
+/// an infinite one erases the input).
 pub(crate) fn check_eps(layer: &str, eps: f32) -> Result<()> {
     if eps.is_finite() && eps > 0.0 {
         return Ok(());
