@@ -89,7 +89,7 @@ pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<Benc
     let mut rng = StdRng::seed_from_u64(0);
     let mut net = model.build(&mut rng)?;
     let params = net.parameters();
-    let sgd = Sgd::new(0.1)?;
+    let sgd = Sgd::new(model.default_lr())?; // d2l's learning rate (the speed does not depend on it)
     let x = Tensor::new(random_input(&[batch_size, 1, 28, 28], 0.0, 1.0, 1));
     let labels: Vec<usize> = (0..batch_size).map(|i| i % 10).collect();
     let warm_up = WARM_UP_BATCHES;
