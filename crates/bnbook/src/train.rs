@@ -383,6 +383,95 @@ mod tests {
 
     use crate::error::refusal;
 
+    /// `n` random images (pixels uniform in [0, 1)) in both splits.
+    fn random_data(n: usize) -> FashionMnist {
+        let images = crate::random::random_input(&[n, 1, 28, 28], 0.0, 1.0, 5)
+            .into_dimensionality()
+            .expect("rank 4");
+        let split = Split {
+            images,
+            labels: (0..n).map(|i| (i % 10) as u8).collect(),
+        };
+        FashionMnist {
+            train: split.clone(),
+            test: split,
+        }
+    }
+
+    fn running_means(net: &Sequential) -> Vec<Vec<f32>> {
+        net.batch_norm_layers()
+            .iter()
+            .map(|(_, bn)| bn.running_mean())
+            .collect()
+    }
+
+    #[test]
+    fn precise_bn_works_for_scratch_and_concise_batch_norm() {
+        let data = random_data(600);
+        let build = |model: ModelKind| model.build(&mut StdRng::seed_from_u64(3)).unwrap();
+        let (mut scratch, mut concise) =
+            (build(ModelKind::LenetBn), build(ModelKind::LenetBnConcise));
+        let before = running_means(&concise);
+        for net in [&mut scratch, &mut concise] {
+            reestimate_running_statistics(net, &data, None, 0, 3).unwrap();
+        }
+        // the same weights and batches give the same averages in both kinds
+        let (a, b) = (running_means(&scratch), running_means(&concise));
+        assert_ne!(
+            b, before,
+            "the concise layers' statistics were re-estimated"
+        );
+        for (la, lb) in a.iter().zip(&b) {
+            for (x, y) in la.iter().zip(lb) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
+            }
+        }
+        // and they come from exactly the first three shuffled batches, batch k
+        // weighted 1/(k+1): the same steps taken by hand give the same bits
+        let mut by_hand = build(ModelKind::LenetBnConcise);
+        let options = BatchOptions {
+            last_batch: LastBatch::DropIfSmallerThan(MIN_BATCH_WITH_BATCH_NORM),
+            ..BatchOptions::shuffled(0, u64::MAX)
+        };
+        for (k, batch) in data
+            .train
+            .batches(256, &options)
+            .unwrap()
+            .take(3)
+            .enumerate()
+        {
+            for bn in by_hand.batch_norm_layers_mut() {
+                bn.set_momentum(Momentum::NewBatchWeight(1.0 / (k as f32 + 1.0)))
+                    .unwrap();
+            }
+            by_hand
+                .forward(&Tensor::new(batch.images.into_dyn()), Mode::Train)
+                .unwrap();
+        }
+        assert_eq!(running_means(&by_hand), b);
+        // each layer's own momentum is back afterwards
+        for net in [&scratch, &concise] {
+            for (_, bn) in net.batch_norm_layers() {
+                assert_eq!(bn.momentum(), Momentum::from_old_weight(0.9));
+            }
+        }
+    }
+
+    #[test]
+    fn precise_bn_refuses_what_it_cannot_do() {
+        let data = random_data(10);
+        let mut plain = ModelKind::LenetNoNorm
+            .build(&mut StdRng::seed_from_u64(0))
+            .unwrap();
+        let message = refusal(reestimate_running_statistics(&mut plain, &data, None, 0, 3));
+        assert!(message.contains("no batch-norm layer"), "{message}");
+        let mut net = ModelKind::LenetBn
+            .build(&mut StdRng::seed_from_u64(0))
+            .unwrap();
+        let message = refusal(reestimate_running_statistics(&mut net, &data, None, 0, 0));
+        assert!(message.contains("at least 1 batch, got 0"), "{message}");
+    }
+
     #[test]
     fn a_diverged_history_survives_a_json_round_trip() {
         let record = EpochRecord {
