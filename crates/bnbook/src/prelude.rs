@@ -22,8 +22,8 @@ pub use crate::error::{Error, Result};
 pub use crate::gradcheck::GradCheck;
 pub use crate::models::{ModelKind, Normalization};
 pub use crate::nn::{
-    AvgPool2d, BatchNormLayer, Conv2d, Flatten, Linear, MaxPool2d, Mode, Module, Momentum, ReLU,
-    Sequential, Sgd, Sigmoid,
+    AvgPool2d, BatchNormLayer, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Mode, Module, Momentum,
+    ReLU, Sequential, Sgd, Sigmoid,
 };
 pub use crate::norms::{GroupNorm, Implementation, InstanceNorm2d, LayerNorm, NormOptions};
 pub use crate::plot::{Series, Svg, line_chart, training_curves};

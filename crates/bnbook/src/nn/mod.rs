@@ -7,10 +7,12 @@
 //! you can see at the call site, never a hidden flag (forgetting to switch a
 //! batch-norm network to prediction mode is the most common BN bug).
 
+mod dropout;
 mod init;
 mod layers;
 mod optim;
 
+pub use dropout::{Dropout, dropout};
 pub use init::{uniform, xavier_uniform};
 pub use layers::{AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid};
 pub use optim::{Sgd, check_learning_rate};
