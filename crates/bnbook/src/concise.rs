@@ -524,6 +524,9 @@ impl<const RANK: usize> BatchNormLayer for ConciseBatchNorm<RANK> {
     fn running_var(&self) -> Vec<f32> {
         self.running_var.clone()
     }
+    fn eps(&self) -> f32 {
+        self.options.eps
+    }
     fn momentum(&self) -> Momentum {
         self.options.momentum
     }

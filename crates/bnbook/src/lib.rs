@@ -18,6 +18,7 @@
 //! * [`random`] — seeded random arrays, the inputs of examples and checks;
 //! * [`data`] — the Fashion-MNIST loader (find, verify, download, batch);
 //! * [`models`] — LeNet with and without batch norm;
+//! * [`fold`] — batch norm folded into the layer before it, for prediction;
 //! * [`train`] — d2l's training loop, with history and throughput;
 //! * [`plot`] — SVG figures that also display inline in notebooks;
 //! * [`prelude`] — one `use` for a notebook's first cell.
@@ -39,6 +40,7 @@ pub mod autograd;
 pub mod concise;
 pub mod data;
 pub mod error;
+pub mod fold;
 pub mod gradcheck;
 pub mod models;
 pub mod nn;

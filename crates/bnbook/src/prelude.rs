@@ -19,6 +19,7 @@ pub use crate::autograd::Tensor;
 pub use crate::concise::{BatchNorm1d, BatchNorm2d, BatchNormOptions, RunningVariance};
 pub use crate::data::{BatchOptions, FashionMnist, LastBatch, LoadOptions, Split};
 pub use crate::error::{Error, Result};
+pub use crate::fold::fold_batch_norm;
 pub use crate::gradcheck::GradCheck;
 pub use crate::models::{ModelKind, Normalization};
 pub use crate::nn::{

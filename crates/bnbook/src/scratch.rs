@@ -271,6 +271,9 @@ impl BatchNormLayer for BatchNorm {
     fn running_var(&self) -> Vec<f32> {
         self.moving_var.iter().copied().collect()
     }
+    fn eps(&self) -> f32 {
+        self.eps
+    }
     fn momentum(&self) -> Momentum {
         Momentum::from_old_weight(self.momentum)
     }

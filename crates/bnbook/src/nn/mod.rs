@@ -101,6 +101,8 @@ pub trait BatchNormLayer {
     fn running_mean(&self) -> Vec<f32>;
     /// The running variance used in [`Mode::Eval`].
     fn running_var(&self) -> Vec<f32>;
+    /// The ε added to the variance before the square root.
+    fn eps(&self) -> f32;
     /// How the running statistics follow the batch statistics, in the
     /// new-batch-weight terms of [`Momentum`] whatever the layer's own
     /// convention (the scratch layer's `momentum = 0.9` is
@@ -175,6 +177,12 @@ impl Sequential {
     /// Mutable access to the layers.
     pub fn layers_mut(&mut self) -> &mut [Box<dyn Module>] {
         &mut self.layers
+    }
+
+    /// The layers, taken out of the network (to build a changed copy, as
+    /// [`crate::fold::fold_batch_norm`] does).
+    pub fn into_layers(self) -> Vec<Box<dyn Module>> {
+        self.layers
     }
 
     /// Number of layers.
