@@ -14,7 +14,7 @@ use bnbook::concise::{BatchNorm2d, BatchNormOptions};
 use bnbook::data::FashionMnist;
 use bnbook::error::{Error, Result};
 use bnbook::models::ModelKind;
-use bnbook::nn::{Mode, Module};
+use bnbook::nn::{Mode, Module, Momentum};
 use bnbook::plot::{Series, line_chart};
 use bnbook::random::random_input;
 use bnbook::scratch::BatchNorm;
@@ -139,6 +139,15 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
         "history of plain LeNet (no BN, lr 0.9)",
         &plain,
     )?;
+    // the controlled baseline: LeNet-BN's network with the batch norms
+    // removed, same learning rate (plain LeNet also differs in its padding
+    // and first fully connected layer, and trains at lr 0.9)
+    let (_, no_norm) = run(ModelKind::LenetNoNorm, config.seeds[0])?;
+    w.json(
+        "lenet-no-norm-seed0.json",
+        "history of LeNet-BN's network without batch norm (lr 1.0)",
+        &no_norm,
+    )?;
     let (_, maxpool) = run(ModelKind::LenetBnMaxpool, config.seeds[0])?;
     w.json(
         "lenet-bn-maxpool-seed0.json",
@@ -150,6 +159,12 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
         "lenet-bn-concise-seed0.json",
         "history of LeNet-BN with the fused BN",
         &concise,
+    )?;
+    let mxnet = mxnet_recipe(data, config)?;
+    w.json(
+        "lenet-bn-mxnet-recipe-seed0.json",
+        "history of d2l's MXNet recipe: max pooling, lr 0.9, 5 epochs, momentum 0.9 on the new batch",
+        &mxnet,
     )?;
 
     // the same runs twice: test accuracy, then training loss
@@ -172,10 +187,14 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
             .iter()
             .map(|h| series(format!("with BN, seed {}", h.seed), h, metric))
             .collect();
-        lines.push(series("no BN (lr 0.9)".into(), &plain, metric));
+        lines.push(series("same network, no BN".into(), &no_norm, metric));
+        lines.push(series("d2l's plain LeNet (lr 0.9)".into(), &plain, metric));
         w.svg(
             file,
-            &format!("{what} of LeNet with batch norm (several seeds) and without"),
+            &format!(
+                "{what} of LeNet with batch norm (several seeds), the same network without \
+                 it, and d2l's plain LeNet"
+            ),
             &line_chart(title, "epoch", &lines, (560, 340))?,
         )?;
     }
@@ -202,7 +221,10 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     let mut table = String::from(
         "| model | seed | lr | final loss | final train acc | final test acc | best test acc (epoch) | median examples/s |\n|---|---|---|---|---|---|---|---|\n",
     );
-    for h in bn_runs.iter().chain([&plain, &maxpool, &concise]) {
+    for h in bn_runs
+        .iter()
+        .chain([&no_norm, &plain, &maxpool, &concise, &mxnet])
+    {
         let last = h.last().expect("epochs > 0");
         let best = h
             .history
@@ -358,6 +380,38 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     )?;
 
     w.finish(command, config.epochs, &config.seeds, config.limit, started)
+}
+
+/// Epochs of d2l's MXNet version of the chapter.
+const MXNET_EPOCHS: usize = 5;
+
+/// d2l's MXNet version of the chapter, as its code runs: LeNet-BN with max
+/// pooling, lr 0.9, 5 epochs (fewer if the figures run fewer), and its
+/// scratch `batch_norm`'s update `moving = (1 − momentum)·moving +
+/// momentum·batch` with momentum 0.9, i.e. 0.9 on the *new* batch.
+fn mxnet_recipe(data: &FashionMnist, config: &FiguresConfig) -> Result<History> {
+    let model = ModelKind::LenetBnMaxpool;
+    let seed = config.seeds[0];
+    let mut net =
+        model.build(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed))?;
+    for bn in net.batch_norm_layers_mut() {
+        bn.set_momentum(Momentum::NewBatchWeight(0.9))?;
+    }
+    let cfg = TrainConfig {
+        epochs: config.epochs.min(MXNET_EPOCHS),
+        lr: 0.9,
+        seed,
+        limit: config.limit,
+        progress: true,
+        ..TrainConfig::d2l(model)
+    };
+    let name = "lenet-bn-maxpool (d2l MXNet recipe)";
+    bnbook::train::train(&mut net, name, data, &cfg, |r| {
+        println!(
+            "{name} epoch {}: loss {:.3}, train acc {:.3}, test acc {:.3}",
+            r.epoch, r.loss, r.train_acc, r.test_acc
+        )
+    })
 }
 
 /// Largest differences between the scratch and the fused batch norm on one
