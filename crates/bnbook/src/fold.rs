@@ -20,6 +20,7 @@ use crate::autograd::Tensor;
 use crate::error::{Error, Result};
 use crate::nn::{BatchNormLayer, Conv2d, Linear, Module, Sequential};
 use ndarray::{ArrayD, Axis};
+use std::any::Any;
 
 /// The network for prediction with every batch-norm layer that directly
 /// follows a [`Conv2d`] or a [`Linear`] folded into that layer (scratch or
@@ -39,41 +40,28 @@ pub fn fold_batch_norm(net: Sequential) -> Result<Sequential> {
             continue;
         };
         let (scale, shift) = eval_affine(bn);
-        let previous = folded.layers_mut().last_mut().map(|l| l.as_any_mut());
-        let done = match previous {
-            Some(p) if p.is::<Conv2d>() => {
-                let conv = p.downcast_mut::<Conv2d>().expect("checked");
-                fold_into(
-                    &mut conv.weight,
-                    &mut conv.bias,
-                    0,
-                    &scale,
-                    &shift,
-                    layer.as_ref(),
-                )?;
-                true
+        let before = folded.layers_mut().last_mut();
+        match before.and_then(|l| weight_and_bias(l.as_any_mut())) {
+            Some((weight, bias, axis)) => {
+                fold_into(weight, bias, axis, &scale, &shift, layer.as_ref())?;
             }
-            Some(p) if p.is::<Linear>() => {
-                let linear = p.downcast_mut::<Linear>().expect("checked");
-                fold_into(
-                    &mut linear.weight,
-                    &mut linear.bias,
-                    1,
-                    &scale,
-                    &shift,
-                    layer.as_ref(),
-                )?;
-                true
-            }
-            _ => false,
-        };
-        if !done {
             // nothing to fold into: the layer stays (in evaluation it
             // normalises with its running statistics, as before)
-            folded.push_boxed(layer);
+            None => folded.push_boxed(layer),
         }
     }
     Ok(folded)
+}
+
+/// The weight and bias of a [`Conv2d`] or [`Linear`] layer, with the axis of
+/// the weight that indexes output channels; `None` for any other layer.
+fn weight_and_bias(layer: &mut dyn Any) -> Option<(&mut Tensor, &mut Tensor, usize)> {
+    if layer.is::<Conv2d>() {
+        let conv = layer.downcast_mut::<Conv2d>()?;
+        return Some((&mut conv.weight, &mut conv.bias, 0)); // (O, C, KH, KW)
+    }
+    let linear = layer.downcast_mut::<Linear>()?;
+    Some((&mut linear.weight, &mut linear.bias, 1)) // (in, out)
 }
 
 /// Per channel, the `(s, t)` of the evaluation-mode map `y = s·z + t`:
