@@ -54,20 +54,20 @@ struct NormsArgs {
     #[arg(long, default_value_t = CompareConfig::default().epochs)]
     epochs: usize,
     /// Seeds of the accuracy comparison, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = CompareConfig::default().seeds)]
-    seeds: Vec<u64>,
+    #[arg(long, default_value_t = List(CompareConfig::default().seeds))]
+    seeds: List<u64>,
     /// Accuracy comparison: use only the first N training and test examples.
     #[arg(long)]
     limit: Option<usize>,
     /// Batch sizes of the sweep, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = CompareConfig::default().sweep_batch_sizes)]
-    sweep_batch_sizes: Vec<usize>,
+    #[arg(long, default_value_t = List(CompareConfig::default().sweep_batch_sizes))]
+    sweep_batch_sizes: List<usize>,
     /// Epochs of every sweep run.
     #[arg(long, default_value_t = CompareConfig::default().sweep_epochs)]
     sweep_epochs: usize,
     /// Seeds of the sweep, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = CompareConfig::default().sweep_seeds)]
-    sweep_seeds: Vec<u64>,
+    #[arg(long, default_value_t = List(CompareConfig::default().sweep_seeds))]
+    sweep_seeds: List<u64>,
     /// Sweep: use only the first N training and test examples.
     #[arg(long)]
     sweep_limit: Option<usize>,
@@ -91,8 +91,8 @@ struct FiguresArgs {
     #[arg(long, default_value_t = FiguresConfig::default().epochs)]
     epochs: usize,
     /// Seeds of the LeNet-BN runs, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = FiguresConfig::default().seeds)]
-    seeds: Vec<u64>,
+    #[arg(long, default_value_t = List(FiguresConfig::default().seeds))]
+    seeds: List<u64>,
     /// Use only the first N training and test examples (quick check; the book uses all).
     #[arg(long)]
     limit: Option<usize>,
@@ -167,6 +167,35 @@ struct BenchArgs {
     /// Write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// A comma-separated list on the command line (`--seeds 0,1,2`), shown the
+/// same way in `--help`'s defaults.
+#[derive(Clone, Debug)]
+struct List<T>(Vec<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for List<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let items: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&items.join(","))
+    }
+}
+
+impl<T: std::str::FromStr> std::str::FromStr for List<T>
+where
+    T::Err: std::fmt::Display,
+{
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .map(|item| {
+                item.trim()
+                    .parse()
+                    .map_err(|e| format!("`{}` in the list `{s}`: {e}", item.trim()))
+            })
+            .collect::<Result<_, _>>()
+            .map(List)
+    }
 }
 
 /// The recipe the command's training defaults come from (d2l's: 10 epochs,
@@ -418,7 +447,7 @@ fn figures(args: FiguresArgs) -> Result<(), String> {
     let config = FiguresConfig {
         out: args.out,
         epochs: args.epochs,
-        seeds: args.seeds,
+        seeds: args.seeds.0,
         limit: args.limit,
         bench_batches: args.bench_batches,
     };
@@ -515,11 +544,11 @@ fn norms(args: NormsArgs) -> Result<(), String> {
     let config = CompareConfig {
         out: args.out,
         epochs: args.epochs,
-        seeds: args.seeds,
+        seeds: args.seeds.0,
         limit: args.limit,
-        sweep_batch_sizes: args.sweep_batch_sizes,
+        sweep_batch_sizes: args.sweep_batch_sizes.0,
         sweep_epochs: args.sweep_epochs,
-        sweep_seeds: args.sweep_seeds,
+        sweep_seeds: args.sweep_seeds.0,
         sweep_limit: args.sweep_limit,
         timing_repeats: args.timing_repeats,
         ..Default::default()

@@ -170,8 +170,13 @@ fn assert_refused(args: &[&str], expected: &str) {
 #[test]
 fn command_line_reports_bad_input_clearly() {
     // refused before any data is loaded or any training time is spent
-    let refused: [(&[&str], &str); 14] = [
+    let refused: [(&[&str], &str); 16] = [
         (&["train", "--model", "resnet"], "unknown model `resnet`"),
+        (&["figures", "--seeds", "0,x"], "`x` in the list `0,x`"),
+        (
+            &["norms", "--sweep-batch-sizes", "8,,16"],
+            "`` in the list `8,,16`",
+        ),
         (&["train", "--model", "resnet"], "lenet-bn-concise"),
         (&["bench", "--threads", "0"], "--threads must be at least 1"),
         (&["bench", "--batch-size", "0"], "batch size"),
