@@ -7,5 +7,6 @@
 //! process's environment or current directory (the `bnbook` commands they
 //! start inherit both).
 
+mod book_claims;
 mod cli;
 mod norm_comparison;
