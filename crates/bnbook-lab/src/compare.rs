@@ -17,6 +17,7 @@
 //! * [`timing`] — forward + backward time of each layer at LeNet's shapes,
 //!   fused and composed.
 
+use crate::largest_difference;
 use crate::report::{Manifest, Writer};
 use bnbook::Tensor;
 use bnbook::concise::{BatchNorm1d, BatchNormOptions};
@@ -115,7 +116,7 @@ impl Default for CompareConfig {
     fn default() -> Self {
         CompareConfig {
             out: PathBuf::from(DEFAULT_OUT_DIR),
-            epochs: 10,
+            epochs: TrainConfig::d2l(ModelKind::LenetBn).epochs,
             seeds: vec![0, 1, 2],
             limit: None,
             sweep_batch_sizes: vec![2, 4, 8, 16, 32, 64, 128, 256],
@@ -190,12 +191,6 @@ fn normalised(x: &Array2<f32>, w: &Array2<f32>) -> Result<(ArrayD<f32>, ArrayD<f
     Ok((y_bn, y_ln))
 }
 
-fn max_change(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
-    a.iter()
-        .zip(b.iter())
-        .fold(0.0, |m, (x, y)| m.max((x - y).abs()))
-}
-
 /// A seeded random matrix with entries in [-1, 1).
 fn matrix(shape: &[usize; 2], seed: u64) -> Array2<f32> {
     random_input(shape, -1.0, 1.0, seed)
@@ -267,8 +262,8 @@ pub fn invariance_table() -> Result<Vec<Invariance>> {
             let (bn2, ln2) = normalised(&x2, &w2)?;
             Ok(Invariance {
                 transformation: name.to_string(),
-                batch_norm_change: max_change(&bn, &bn2),
-                layer_norm_change: max_change(&ln, &ln2),
+                batch_norm_change: largest_difference(&bn, &bn2),
+                layer_norm_change: largest_difference(&ln, &ln2),
                 batch_norm_invariant_in_paper: bn_paper,
                 layer_norm_invariant_in_paper: ln_paper,
             })

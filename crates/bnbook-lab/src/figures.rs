@@ -8,6 +8,7 @@
 //! `figures.json` lists every artefact with the command that made it.
 
 use crate::bench::{BenchReport, bench};
+use crate::largest_difference;
 use crate::report::{Manifest, Writer, plural};
 use bnbook::Tensor;
 use bnbook::concise::{BatchNorm2d, BatchNormOptions};
@@ -450,12 +451,6 @@ impl Agreement {
     }
 }
 
-fn max_diff(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> f32 {
-    a.iter()
-        .zip(b.iter())
-        .fold(0.0, |m, (x, y)| m.max((x - y).abs()))
-}
-
 fn agreement() -> Result<Agreement> {
     let shape = vec![256, 6, 24, 24];
     let x = random_input(&shape, -2.0, 3.0, 1);
@@ -487,10 +482,10 @@ fn agreement() -> Result<Agreement> {
     };
     let agreement = Agreement {
         shape: shape.clone(),
-        output: max_diff(&ys.value(), &yf.value()),
-        input_grad: max_diff(&grad(&xs), &grad(&xf)),
-        gamma_grad: max_diff(&flat(grad(&scratch.gamma)), &grad(&fused_gamma)),
-        beta_grad: max_diff(&flat(grad(&scratch.beta)), &grad(&fused_beta)),
+        output: largest_difference(&ys.value(), &yf.value()),
+        input_grad: largest_difference(&grad(&xs), &grad(&xf)),
+        gamma_grad: largest_difference(&flat(grad(&scratch.gamma)), &grad(&fused_gamma)),
+        beta_grad: largest_difference(&flat(grad(&scratch.beta)), &grad(&fused_beta)),
         scratch_ms: time(&mut || {
             let y = scratch.forward(&xs, Mode::Train)?;
             y.backward_with(upstream.clone());

@@ -23,6 +23,15 @@ pub mod compare;
 pub mod figures;
 pub mod report;
 
+/// The largest absolute difference between two arrays of the same shape
+/// (how far apart two implementations' outputs or gradients are, and how
+/// much a transformation changes an output).
+pub(crate) fn largest_difference(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> f32 {
+    a.iter()
+        .zip(b.iter())
+        .fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
 /// The message of an expected error; panics (failing the test) on `Ok`.
 #[cfg(test)]
 pub(crate) fn refusal(result: bnbook::Result<()>) -> String {

@@ -213,6 +213,20 @@ pub struct FashionMnist {
 }
 
 impl FashionMnist {
+    /// `n` blank training and `n` blank test images, all labelled 0: a
+    /// stand-in of the right shape for checking settings against the size
+    /// of a data set (tests, dry runs) without reading the files.
+    pub fn blank(n: usize) -> FashionMnist {
+        let split = Split {
+            images: ndarray::Array4::zeros((n, 1, 28, 28)),
+            labels: vec![0; n],
+        };
+        FashionMnist {
+            train: split.clone(),
+            test: split,
+        }
+    }
+
     /// Finds, verifies and loads the data as described in [`LoadOptions`]
     /// and the [module documentation](self), downloading it if allowed and
     /// needed.
@@ -348,20 +362,4 @@ fn build_split(
         images: idx::pixels_to_array(pixels, kept),
         labels: labels[..kept].to_vec(),
     })
-}
-
-impl FashionMnist {
-    /// `n` blank training and `n` blank test images, all labelled 0: a
-    /// stand-in of the right shape for checking settings against the size
-    /// of a data set (tests, dry runs) without reading the files.
-    pub fn blank(n: usize) -> FashionMnist {
-        let split = Split {
-            images: ndarray::Array4::zeros((n, 1, 28, 28)),
-            labels: vec![0; n],
-        };
-        FashionMnist {
-            train: split.clone(),
-            test: split,
-        }
-    }
 }
