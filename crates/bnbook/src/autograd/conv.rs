@@ -8,9 +8,9 @@
 //! which *adds* the pieces back into image positions (fields overlap, so a
 //! pixel collects gradient from every window that saw it).
 
-use super::{Tensor, kernels};
-use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewMut2, IxDyn};
+use super::gemm::{Mat, gemm};
+use super::{Tensor, kernels, with_wide_vectors};
+use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 
 /// Sizes of one convolution or pooling window sweep.
@@ -123,14 +123,17 @@ impl Geometry {
 
 /// im2col of one image into `cols`, a `(C·KH·KW, OH·OW)` row-major matrix:
 /// column `(oy, ox)` holds the receptive field of that output position.
-/// Padding entries are never written, so `cols` must start zeroed (and
-/// stays valid for reuse with the next image of the same geometry).
+/// Every entry is written (zero where the window lies on the padding), so
+/// `cols` may hold anything before, such as the previous image's columns.
 fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32]) {
     let positions = g.positions();
+    if g.padding > 0 {
+        cols[..g.field() * positions].fill(0.0);
+    }
     g.for_each_run(|r, start, x_start, len| {
         let dst = &mut cols[r * positions + start..][..len];
         if g.stride == 1 {
-            dst.copy_from_slice(&x[x_start..x_start + len]);
+            copy_short(dst, &x[x_start..x_start + len]);
         } else {
             for (i, d) in dst.iter_mut().enumerate() {
                 *d = x[x_start + i * g.stride];
@@ -139,15 +142,62 @@ fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32]) {
     });
 }
 
+/// `dst.copy_from_slice(src)` for im2col's short runs (one output row: 8
+/// to 28 values in LeNet), eight values at a time. `copy_from_slice` would
+/// call `memcpy`, whose set-up costs more than copying so few values (it
+/// was the largest single item of a convolution's profile).
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let mut dst_eights = dst.chunks_exact_mut(8);
+    let mut src_eights = src.chunks_exact(8);
+    for (d, s) in (&mut dst_eights).zip(&mut src_eights) {
+        let eight: [f32; 8] = s.try_into().expect("chunks of eight");
+        d.copy_from_slice(&eight);
+    }
+    for (d, s) in dst_eights
+        .into_remainder()
+        .iter_mut()
+        .zip(src_eights.remainder())
+    {
+        *d = *s;
+    }
+}
+
 /// col2im: the adjoint of im2col — adds every matrix entry back onto the
 /// pixel of `dx` (one image) it was copied from; overlapping windows add up.
 fn col2im(cols: &[f32], g: &Geometry, dx: &mut [f32]) {
     let positions = g.positions();
     g.for_each_run(|r, start, x_start, len| {
-        for (i, v) in cols[r * positions + start..][..len].iter().enumerate() {
-            dx[x_start + i * g.stride] += v;
+        let src = &cols[r * positions + start..][..len];
+        if g.stride == 1 {
+            for (d, v) in dx[x_start..x_start + len].iter_mut().zip(src) {
+                *d += v;
+            }
+        } else {
+            for (i, v) in src.iter().enumerate() {
+                dx[x_start + i * g.stride] += v;
+            }
         }
     });
+}
+
+thread_local! {
+    /// Each thread's scratch space for im2col matrices, kept from one call
+    /// to the next: a training step would otherwise allocate (and zero) a
+    /// fresh buffer for every piece of work.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch space, at least `len` values long
+/// (contents: whatever the last user left).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        if scratch.len() < len {
+            scratch.resize(len, 0.0);
+        }
+        f(&mut scratch[..len])
+    })
 }
 
 /// Images per work item of the weight-gradient sum. Fixed (not derived
@@ -200,22 +250,25 @@ impl Tensor {
             let x = x.as_standard_layout();
             let x = x.as_slice().expect("standard layout");
             let w = weight.value();
-            let w_mat = w.to_shape((o, field)).expect("same size");
+            let w = w.as_standard_layout();
+            let w_mat = Mat::row_major(w.as_slice().expect("standard layout"), o, field);
             let b: Option<Vec<f32>> = bias.map(|b| b.value().iter().copied().collect());
-            y.par_chunks_mut(o * positions).enumerate().for_each_init(
-                || vec![0.0_f32; field * positions],
-                |cols, (i, y_i)| {
-                    im2col(&x[i * g.image_len()..][..g.image_len()], &g, cols);
-                    let cols = ArrayView2::from_shape((field, positions), cols).expect("sizes");
-                    let mut y_i = ArrayViewMut2::from_shape((o, positions), y_i).expect("sizes");
-                    general_mat_mul(1.0, &w_mat, &cols, 0.0, &mut y_i); // Y_i = W · cols_i
-                    if let Some(b) = &b {
-                        for (mut row, &b) in y_i.outer_iter_mut().zip(b) {
-                            row += b;
+            y.par_chunks_mut(o * positions)
+                .enumerate()
+                .for_each(|(i, y_i)| {
+                    with_wide_vectors(|| {
+                        with_scratch(field * positions, |cols| {
+                            im2col(&x[i * g.image_len()..][..g.image_len()], &g, cols);
+                            let cols = Mat::row_major(cols, field, positions);
+                            gemm(y_i, w_mat, cols, false); // Y_i = W · cols_i
+                        });
+                        if let Some(b) = &b {
+                            for (row, &b) in y_i.chunks_exact_mut(positions).zip(b) {
+                                row.iter_mut().for_each(|v| *v += b);
+                            }
                         }
-                    }
-                },
-            );
+                    })
+                });
         }
         let y = ArrayD::from_shape_vec(IxDyn(&[g.n, o, g.oh, g.ow]), y).expect("sizes");
 
@@ -226,50 +279,58 @@ impl Tensor {
             let x = x.as_slice().expect("standard layout");
             let grad = ctx.grad.as_standard_layout();
             let grad = grad.as_slice().expect("standard layout");
-            let w_mat = ctx.input(1).to_shape((o, field)).expect("same size");
-            let g_image = |i: usize| {
-                ArrayView2::from_shape((o, positions), &grad[i * o * positions..][..o * positions])
-                    .expect("sizes")
-            };
+            let w = ctx.input(1).as_standard_layout();
+            let w_mat = Mat::row_major(w.as_slice().expect("standard layout"), o, field);
+            let g_image = |i: usize| Mat::row_major(&grad[i * o * positions..], o, positions);
             // Y_i = W·cols_i:  ∂L/∂cols_i = Wᵀ·G_i,  ∂L/∂W = Σ_i G_i·cols_iᵀ,  ∂L/∂b = Σ rows of G_i
             let dx = ctx.needs(0).then(|| {
                 let mut dx = vec![0.0_f32; g.n * g.image_len()];
-                dx.par_chunks_mut(g.image_len()).enumerate().for_each_init(
-                    || vec![0.0_f32; field * positions],
-                    |dcols, (i, dx_i)| {
-                        let mut dcols_m =
-                            ArrayViewMut2::from_shape((field, positions), &mut dcols[..])
-                                .expect("sizes");
-                        general_mat_mul(1.0, &w_mat.t(), &g_image(i), 0.0, &mut dcols_m);
-                        col2im(dcols, &g, dx_i);
-                    },
-                );
+                dx.par_chunks_mut(g.image_len())
+                    .enumerate()
+                    .for_each(|(i, dx_i)| {
+                        with_wide_vectors(|| {
+                            with_scratch(field * positions, |dcols| {
+                                gemm(dcols, w_mat.t(), g_image(i), false);
+                                col2im(dcols, &g, dx_i);
+                            })
+                        })
+                    });
                 ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.h, g.w]), dx).expect("sizes")
             });
             let dw = ctx.needs(1).then(|| {
-                // partial sums over fixed chunks of images, added in chunk order
-                let chunks: Vec<Array2<f32>> = (0..g.n.div_ceil(IMAGES_PER_CHUNK))
+                // Partial sums over fixed chunks of images, added in chunk
+                // order. Each chunk sums (∂L/∂W)ᵀ = Σ cols_i·G_iᵀ, the product
+                // shape the GEMM runs fastest on (measured), and the total is
+                // transposed back once at the end.
+                let chunks: Vec<Vec<f32>> = (0..g.n.div_ceil(IMAGES_PER_CHUNK))
                     .into_par_iter()
                     .map(|chunk| {
-                        let mut dw = Array2::<f32>::zeros((o, field));
-                        let mut cols = vec![0.0_f32; field * positions];
+                        let mut dw_t = vec![0.0_f32; field * o];
                         let images =
                             chunk * IMAGES_PER_CHUNK..((chunk + 1) * IMAGES_PER_CHUNK).min(g.n);
-                        for i in images {
-                            im2col(&x[i * g.image_len()..][..g.image_len()], &g, &mut cols);
-                            let cols = ArrayView2::from_shape((field, positions), &cols[..])
-                                .expect("sizes");
-                            general_mat_mul(1.0, &g_image(i), &cols.t(), 1.0, &mut dw);
-                        }
-                        dw
+                        with_wide_vectors(|| {
+                            with_scratch(field * positions, |cols| {
+                                for i in images {
+                                    im2col(&x[i * g.image_len()..][..g.image_len()], &g, cols);
+                                    let cols = Mat::row_major(cols, field, positions);
+                                    gemm(&mut dw_t, cols, g_image(i).t(), true);
+                                }
+                            })
+                        });
+                        dw_t
                     })
                     .collect();
-                let mut dw = Array2::<f32>::zeros((o, field));
+                let mut dw_t = vec![0.0_f32; field * o];
                 for part in &chunks {
-                    dw += part;
+                    dw_t.iter_mut().zip(part).for_each(|(d, p)| *d += p);
                 }
-                dw.into_shape_with_order(IxDyn(&[o, g.c, g.kh, g.kw]))
-                    .expect("same size")
+                let mut dw = vec![0.0_f32; o * field];
+                for (f, row) in dw_t.chunks_exact(o).enumerate() {
+                    for (d, &v) in row.iter().enumerate() {
+                        dw[d * field + f] = v;
+                    }
+                }
+                ArrayD::from_shape_vec(IxDyn(&[o, g.c, g.kh, g.kw]), dw).expect("same size")
             });
             let mut grads = vec![dx, dw];
             if ctx.inputs.len() == 3 {

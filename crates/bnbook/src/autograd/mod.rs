@@ -30,12 +30,13 @@
 //! ```
 
 mod conv;
+mod gemm;
 mod kernels;
 mod loss;
 mod ops;
 pub mod profile;
 
-pub(crate) use kernels::for_each_chunk;
+pub(crate) use kernels::{build, with_wide_vectors};
 pub(crate) use loss::check_logits;
 
 use ndarray::ArrayD;

@@ -4,8 +4,9 @@
 //! rule for its backward pass, right next to it. Notation in comments: `g` is
 //! ∂loss/∂y for the output `y`, and each rule returns ∂loss/∂x per input `x`.
 
+use super::gemm::{Mat, product};
 use super::{BackwardContext, Tensor, kernels};
-use ndarray::{ArrayD, Ix2, IxDyn};
+use ndarray::{ArrayD, CowArray, Ix2, IxDyn};
 use std::ops;
 
 /// The shape two arrays broadcast to, or a panic that names the operation.
@@ -315,7 +316,7 @@ impl Tensor {
     // ----- linear algebra -----
 
     /// Matrix product of `(n, k)` and `(k, m)` tensors, computed by a real
-    /// GEMM (ndarray's `dot`, which uses the `matrixmultiply` crate).
+    /// GEMM (see [`gemm`](super::gemm) for which one, and why).
     ///
     /// # Panics
     /// If either tensor is not 2-D or the inner sizes differ.
@@ -330,26 +331,49 @@ impl Tensor {
                 a.shape(),
                 b.shape()
             );
-            a.dot(&b).into_dyn()
+            let y = product(mat(&a), mat(&b));
+            ArrayD::from_shape_vec(IxDyn(&[a.nrows(), b.ncols()]), y).expect("sizes match")
         };
         // Y = A·B:  ∂loss/∂A = G·Bᵀ,  ∂loss/∂B = Aᵀ·G
         Tensor::from_op("matmul", y, &[self, other], |ctx| {
             let g = as_matrix("matmul", ctx.grad);
             let a = as_matrix("matmul", ctx.input(0));
             let b = as_matrix("matmul", ctx.input(1));
+            let (ga, gb) = (mat(&g), (mat(&a), mat(&b)));
+            let (a_shape, b_shape) = (a.shape(), b.shape());
             vec![
-                ctx.needs(0).then(|| g.dot(&b.t()).into_dyn()),
-                ctx.needs(1).then(|| a.t().dot(&g).into_dyn()),
+                ctx.needs(0).then(|| {
+                    ArrayD::from_shape_vec(IxDyn(a_shape), product(ga, gb.1.t()))
+                        .expect("sizes match")
+                }),
+                ctx.needs(1).then(|| {
+                    ArrayD::from_shape_vec(IxDyn(b_shape), product(gb.0.t(), ga))
+                        .expect("sizes match")
+                }),
             ]
         })
     }
 }
 
+/// A [`Mat`] reading a 2-D view in place: every view this module makes is
+/// standard-layout (see [`as_matrix`]).
+fn mat<'a>(a: &'a CowArray<'_, f32, Ix2>) -> Mat<'a> {
+    let data = a.as_slice().expect("as_matrix gives standard-layout views");
+    Mat::row_major(data, a.nrows(), a.ncols())
+}
+
 /// A 2-D view of a dynamic-rank array, or a panic naming the operation.
-fn as_matrix<'a>(op: &str, a: &'a ArrayD<f32>) -> ndarray::ArrayView2<'a, f32> {
-    a.view()
+/// The view is standard-layout (row-major), copied only if it was not.
+fn as_matrix<'a>(op: &str, a: &'a ArrayD<f32>) -> CowArray<'a, f32, Ix2> {
+    let view = a
+        .view()
         .into_dimensionality::<Ix2>()
-        .unwrap_or_else(|_| panic!("{op}: expected a 2-D tensor, got shape {:?}", a.shape()))
+        .unwrap_or_else(|_| panic!("{op}: expected a 2-D tensor, got shape {:?}", a.shape()));
+    if view.is_standard_layout() {
+        CowArray::from(view)
+    } else {
+        CowArray::from(view.as_standard_layout().into_owned())
+    }
 }
 
 // Operator sugar, so that book code reads like the math: `&x - &mean`.
