@@ -11,6 +11,8 @@
 //! * `bias-gradient.md` — the bias of a layer that feeds batch norm gets no
 //!   gradient (one backward pass of LeNet-BN);
 //! * `affine.md` — batch norm with fixed γ = 1, β = 0 against learned ones;
+//! * `halves.md` — batch norm that only centres or only scales
+//!   ([`HalfBatchNorm`]);
 //! * `placement.md` — batch norm in every slot, in the convolutional or the
 //!   fully connected slots only, or nowhere;
 //! * `momentum.md` — the running averages' momentum, and the cumulative
@@ -38,7 +40,9 @@ use bnbook::nn::{
 };
 use bnbook::norms::{GroupNorm, InstanceNorm2d, NormOptions};
 use bnbook::random::random_input;
+use bnbook::scratch::{parameter_shape, statistics_axes};
 use bnbook::train::{History, TrainConfig, evaluate, reestimate_running_statistics, train};
+use ndarray::ArrayD;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -50,7 +54,7 @@ pub const DEFAULT_OUT_DIR: &str = "book/generated/exercises";
 
 /// Training examples per run of the full-size setting: enough for the
 /// differences the exercises ask about, small enough that the whole command
-/// (33 trainings) takes minutes.
+/// (13 networks, 3 seeds each) takes minutes.
 pub const DEFAULT_LIMIT: usize = 12_000;
 
 /// Training batches over which the momentum table re-estimates the running
@@ -130,6 +134,8 @@ pub enum Variant {
     BatchNorm,
     /// Batch norm without γ and β (fixed at 1 and 0).
     FixedGammaBeta,
+    /// Half of batch norm in every slot ([`HalfBatchNorm`]).
+    Half(Half),
     /// Batch norm after the two convolutions only.
     ConvSlotsOnly,
     /// Batch norm after the two fully connected layers only.
@@ -148,9 +154,11 @@ pub enum Variant {
 }
 
 /// Every variant trained, in the order of the tables.
-pub const VARIANTS: [Variant; 11] = [
+pub const VARIANTS: [Variant; 13] = [
     Variant::BatchNorm,
     Variant::FixedGammaBeta,
+    Variant::Half(Half::CenterOnly),
+    Variant::Half(Half::ScaleOnly),
     Variant::ConvSlotsOnly,
     Variant::FcSlotsOnly,
     Variant::NoNorm,
@@ -168,6 +176,8 @@ impl Variant {
         match self {
             Variant::BatchNorm => "BN in every slot".into(),
             Variant::FixedGammaBeta => "BN with γ = 1, β = 0 fixed".into(),
+            Variant::Half(Half::CenterOnly) => "BN that only centres".into(),
+            Variant::Half(Half::ScaleOnly) => "BN that only scales".into(),
             Variant::ConvSlotsOnly => "BN after the convolutions only".into(),
             Variant::FcSlotsOnly => "BN after the fully connected layers only".into(),
             Variant::NoNorm => "no normalisation".into(),
@@ -200,6 +210,7 @@ impl Variant {
                         ..d2l
                     },
                 )?),
+                Variant::Half(half) => Some(Box::new(HalfBatchNorm::new(half, features, rank)?)),
                 Variant::ConvSlotsOnly if convolutional => Some(batch_norm(features, rank, d2l)?),
                 Variant::FcSlotsOnly if !convolutional => Some(batch_norm(features, rank, d2l)?),
                 Variant::ConvSlotsOnly | Variant::FcSlotsOnly | Variant::NoNorm => None,
@@ -253,6 +264,148 @@ fn batch_norm(features: usize, rank: usize, options: BatchNormOptions) -> Result
     } else {
         Box::new(BatchNorm1d::with_options(features, options)?)
     })
+}
+
+/// Which half of batch norm a [`HalfBatchNorm`] keeps: d2l's exercise
+/// "a lite batch norm that only centres, and one that only scales".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half {
+    /// `y = x − μ_B + β`: the batch mean subtracted and a learned shift
+    /// added, no division; the running mean stands in for `μ_B` in
+    /// prediction.
+    CenterOnly,
+    /// `y = γ · x / sqrt(σ²_B + ε)`: divided by the batch standard
+    /// deviation and scaled by a learned γ, no mean subtracted; the running
+    /// variance stands in for `σ²_B` in prediction.
+    ScaleOnly,
+}
+
+// ANCHOR: half_batch_norm
+/// Half of [`bnbook::scratch::batch_norm`], built from the same autograd
+/// operations: `x` is `(N, C)` or `(N, C, H, W)`, `param` (β for
+/// [`Half::CenterOnly`], γ for [`Half::ScaleOnly`]) and `running` (the
+/// running mean, or the running variance) are `(1, C)` or `(1, C, 1, 1)`,
+/// and `momentum` is the weight of the old running value (d2l's 0.9).
+/// Returns the output and the new running statistic.
+///
+/// *Book: chapter "Batch norm from scratch", exercise 3.*
+///
+/// # Errors
+/// If `x` is not rank 2 or 4, `param` or `running` does not match its
+/// channels, or a training batch has fewer than two values per channel.
+#[allow(clippy::too_many_arguments)]
+pub fn half_batch_norm(
+    x: &Tensor,
+    param: &Tensor,
+    running: &ArrayD<f32>,
+    half: Half,
+    eps: f32,
+    momentum: f32,
+    mode: Mode,
+) -> Result<(Tensor, ArrayD<f32>)> {
+    let shape = x.shape();
+    let axes = statistics_axes(shape.len()).ok_or_else(|| {
+        Error::shape(
+            "half_batch_norm",
+            format!("expected (N, C) or (N, C, H, W), got shape {shape:?}"),
+        )
+    })?;
+    let expected = parameter_shape(shape[1], shape.len());
+    if param.shape() != expected || running.shape() != expected.as_slice() {
+        return Err(Error::shape(
+            "half_batch_norm",
+            format!(
+                "the parameter has shape {:?} and the running statistic {:?}; for input \
+                 {shape:?} both must be {expected:?}",
+                param.shape(),
+                running.shape()
+            ),
+        ));
+    }
+    if mode == Mode::Eval {
+        let statistic = Tensor::new(running.clone());
+        let y = match half {
+            Half::CenterOnly => &(x - &statistic) + param,
+            Half::ScaleOnly => &(x / &(&statistic + eps).sqrt()) * param,
+        };
+        return Ok((y, running.clone()));
+    }
+    if axes.iter().map(|&a| shape[a]).product::<usize>() < 2 {
+        return Err(Error::shape(
+            "half_batch_norm",
+            format!("training needs more than one value per channel, got input shape {shape:?}"),
+        ));
+    }
+    let mean = x.mean(axes, true);
+    let (y, batch_statistic) = match half {
+        Half::CenterOnly => (&(x - &mean) + param, mean.value().clone()),
+        Half::ScaleOnly => {
+            let centered = x - &mean;
+            let var = (&centered * &centered).mean(axes, true);
+            let y = &(x / &(&var + eps).sqrt()) * param;
+            let var = var.value().clone();
+            (y, var)
+        }
+    };
+    let new_running = running * momentum + &batch_statistic * (1.0 - momentum);
+    Ok((y, new_running))
+}
+// ANCHOR_END: half_batch_norm
+
+/// A layer with half of batch norm ([`half_batch_norm`]): one learned
+/// parameter per channel and one running statistic, d2l's conventions
+/// (old-value weight 0.9, ε = 1e-5).
+pub struct HalfBatchNorm {
+    /// Which half.
+    pub half: Half,
+    /// β (starts at 0) for [`Half::CenterOnly`], γ (starts at 1) for
+    /// [`Half::ScaleOnly`].
+    pub param: Tensor,
+    /// The running mean (starts at 0) or the running variance (starts at 1).
+    pub running: ArrayD<f32>,
+}
+
+impl HalfBatchNorm {
+    /// The layer for `num_features` channels of a rank-`rank` input (2
+    /// after a linear layer, 4 after a convolution).
+    ///
+    /// # Errors
+    /// If `num_features` is 0 or `rank` is neither 2 nor 4.
+    pub fn new(half: Half, num_features: usize, rank: usize) -> Result<Self> {
+        if num_features == 0 || statistics_axes(rank).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "HalfBatchNorm: needs at least one feature and rank 2 or 4, got {num_features} \
+                 features and rank {rank}"
+            )));
+        }
+        let shape = ndarray::IxDyn(&parameter_shape(num_features, rank));
+        let (param, running) = match half {
+            Half::CenterOnly => (ArrayD::zeros(shape.clone()), ArrayD::zeros(shape)),
+            Half::ScaleOnly => (ArrayD::ones(shape.clone()), ArrayD::ones(shape)),
+        };
+        Ok(HalfBatchNorm {
+            half,
+            param: Tensor::parameter(param),
+            running,
+        })
+    }
+}
+
+impl Module for HalfBatchNorm {
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (y, running) =
+            half_batch_norm(x, &self.param, &self.running, self.half, 1e-5, 0.9, mode)?;
+        self.running = running;
+        Ok(y)
+    }
+
+    fn parameters(&self) -> Vec<Tensor> {
+        vec![self.param.clone()]
+    }
+
+    fn describe(&self) -> String {
+        format!("{:?}BatchNorm({})", self.half, self.param.shape()[1])
+    }
 }
 
 /// One training run of a [`Variant`].
@@ -684,6 +837,24 @@ pub fn generate(data: &FashionMnist, config: &ExercisesConfig, command: &str) ->
         ),
     )?;
     w.write(
+        "halves.md",
+        "batch norm that only centres or only scales, against the whole and none",
+        &runs_table(
+            &results,
+            "network",
+            &labelled(&[
+                Variant::BatchNorm,
+                Variant::Half(Half::CenterOnly),
+                Variant::Half(Half::ScaleOnly),
+                Variant::NoNorm,
+            ]),
+            &[TEST_ACC, LOSS, PER_SEED],
+            &format!(
+                "{setting} \"Only centres\": y = x − μ_B + β; \"only scales\": y = γ·x / sqrt(σ²_B + ε)."
+            ),
+        ),
+    )?;
+    w.write(
         "placement.md",
         "batch norm in every slot, in some slots, or in none",
         &runs_table(
@@ -820,8 +991,18 @@ mod validation_tests {
             // the slots draw nothing: the same weights for every variant
             assert_eq!(weights(&net), reference, "{variant:?}");
             let batch_norms = net.batch_norm_layers().len();
+            let halves = net.find::<HalfBatchNorm>().len();
+            assert_eq!(
+                halves,
+                if matches!(variant, Variant::Half(_)) {
+                    4
+                } else {
+                    0
+                },
+                "{variant:?}"
+            );
             let expected = match variant {
-                Variant::NoNorm | Variant::GroupNorm(_) => 0,
+                Variant::NoNorm | Variant::GroupNorm(_) | Variant::Half(_) => 0,
                 Variant::ConvSlotsOnly | Variant::FcSlotsOnly => 2,
                 _ => 4,
             };
@@ -832,5 +1013,52 @@ mod validation_tests {
                 "{variant:?}"
             );
         }
+    }
+
+    #[test]
+    fn half_batch_norms_pass_the_gradient_check_and_do_their_half() {
+        use bnbook::gradcheck::GradCheck;
+        for shape in [vec![6, 4], vec![3, 2, 4, 3]] {
+            let p = parameter_shape(shape[1], shape.len());
+            let x = random_input(&shape, -2.0, 3.0, 1);
+            let param = random_input(&p, 0.5, 1.5, 2);
+            let running = random_input(&p, 0.5, 1.5, 3);
+            for half in [Half::CenterOnly, Half::ScaleOnly] {
+                for mode in [Mode::Train, Mode::Eval] {
+                    let report = GradCheck::default().run(&[x.clone(), param.clone()], |t| {
+                        half_batch_norm(&t[0], &t[1], &running, half, 1e-5, 0.9, mode)
+                            .unwrap()
+                            .0
+                    });
+                    assert!(report.passed(), "{half:?} {shape:?} {mode:?}:\n{report}");
+                }
+            }
+        }
+        // training mode, fresh layers on a (8, 3) batch far from standardised:
+        // centring gives each feature mean β = 0 and keeps its spread;
+        // scaling gives it variance γ² ≈ 1 and keeps its mean's sign
+        let x = Tensor::new(random_input(&[8, 3], 4.0, 10.0, 4));
+        let column_stats = |y: &Tensor| {
+            let y = y.value().clone();
+            let mean = y.mean_axis(ndarray::Axis(0)).unwrap();
+            let var = y.var_axis(ndarray::Axis(0), 0.0);
+            (mean, var)
+        };
+        let (x_mean, x_var) = column_stats(&x);
+        let mut centre = HalfBatchNorm::new(Half::CenterOnly, 3, 2).unwrap();
+        let (mean, var) = column_stats(&centre.forward(&x, Mode::Train).unwrap());
+        for j in 0..3 {
+            assert!(mean[j].abs() < 1e-4 && (var[j] - x_var[j]).abs() < 1e-3);
+        }
+        let mut scale = HalfBatchNorm::new(Half::ScaleOnly, 3, 2).unwrap();
+        let (mean, var) = column_stats(&scale.forward(&x, Mode::Train).unwrap());
+        for j in 0..3 {
+            assert!((var[j] - 1.0).abs() < 1e-3 && mean[j] > 1.0 && x_mean[j] > 4.0);
+        }
+        // one example per feature is refused in training, fine in prediction
+        let one = Tensor::new(random_input(&[1, 3], 0.0, 1.0, 5));
+        assert!(centre.forward(&one, Mode::Train).is_err());
+        assert!(scale.forward(&one, Mode::Eval).is_ok());
+        assert!(HalfBatchNorm::new(Half::ScaleOnly, 3, 3).is_err());
     }
 }

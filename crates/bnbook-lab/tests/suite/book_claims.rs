@@ -125,7 +125,7 @@ fn variant_mean(
 
 #[test]
 fn the_exercise_answers_say_what_their_runs_show() {
-    use bnbook_lab::exercises::{ConvGroups, Results, Run, Variant};
+    use bnbook_lab::exercises::{ConvGroups, Half, Results, Run, Variant};
     let results: Results = read("exercises/results.json");
     let loss = |v| variant_mean(&results, v, Run::loss);
     let test = |v| variant_mean(&results, v, Run::test_acc);
@@ -178,6 +178,14 @@ fn the_exercise_answers_say_what_their_runs_show() {
     for partial in [Variant::ConvSlotsOnly, Variant::FcSlotsOnly] {
         assert!(every < loss(partial) && loss(partial) < none, "{partial:?}");
     }
+
+    // bn-from-scratch exercise 3: "neither half comes close to the whole";
+    // "centering keeps more of the benefit (the lower training loss)"
+    let (centre, scale) = (
+        loss(Variant::Half(Half::CenterOnly)),
+        loss(Variant::Half(Half::ScaleOnly)),
+    );
+    assert!(every < centre && centre < scale, "{every} {centre} {scale}");
 
     // lenet-bn exercise 6: lower at 8 than at 256; Eval afterwards differs
     // from the first Eval; batch 1 refused

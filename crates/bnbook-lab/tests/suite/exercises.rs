@@ -99,6 +99,7 @@ fn every_table_is_written_and_a_second_run_writes_the_same() {
         for table in [
             "bias-gradient.md",
             "affine.md",
+            "halves.md",
             "placement.md",
             "momentum.md",
             "groups.md",
