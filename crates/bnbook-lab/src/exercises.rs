@@ -693,7 +693,8 @@ fn setting(config: &ExercisesConfig, data: &FashionMnist) -> String {
     let run = config.run(0);
     let seeds: Vec<String> = config.seeds.iter().map(u64::to_string).collect();
     format!(
-        "LeNet-BN's network with the slots as named, batch {}, lr {}, {}, seeds {}, \
+        "LeNet-BN's network with the slots as named (batch norm: the fused layer with d2l's \
+         conventions, which trains like the scratch one), batch {}, lr {}, {}, seeds {}, \
          {} training and {} test examples{}; values after the last epoch, {}.",
         run.batch_size,
         run.lr,
