@@ -464,7 +464,7 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// `mean` alone for one value, `mean (min–max)` for several.
-fn mean_and_range(values: impl Iterator<Item = f64>) -> String {
+pub(crate) fn mean_and_range(values: impl Iterator<Item = f64>) -> String {
     let values: Vec<f64> = values.collect();
     let m = mean(values.iter().copied());
     if values.len() < 2 {

@@ -7,6 +7,8 @@
 //!   chapters (`bnbook figures`);
 //! * [`compare`] — the experiments comparing batch, layer, instance and
 //!   group norm (`bnbook norms`);
+//! * [`exercises`] — the measured answers to the chapters' exercises
+//!   (`bnbook exercises`);
 //! * [`bench`](mod@bench) — timing of training steps and evaluation passes
 //!   (`bnbook bench`);
 //! * [`report`] — the output directory, its manifest and the run time.
@@ -20,6 +22,7 @@
 
 pub mod bench;
 pub mod compare;
+pub mod exercises;
 pub mod figures;
 pub mod report;
 

@@ -10,6 +10,7 @@ use bnbook::models::ModelKind;
 use bnbook::nn::MIN_BATCH_WITH_BATCH_NORM;
 use bnbook::train::{EpochRecord, History, TrainConfig, train_model};
 use bnbook_lab::compare::CompareConfig;
+use bnbook_lab::exercises::ExercisesConfig;
 use bnbook_lab::figures::FiguresConfig;
 use bnbook_lab::report::plural;
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +44,33 @@ enum Command {
     /// normalisation, batch-size sweep; the last run's duration is in
     /// book/generated/norms/run-time.md).
     Norms(NormsArgs),
+    /// Regenerate the tables of the measured exercise answers (bias gradient
+    /// before BN, fixed γ and β, BN in some layers only, momentum, group
+    /// counts, evaluation in training mode; the last run's duration is in
+    /// book/generated/exercises/run-time.md).
+    Exercises(ExercisesArgs),
+}
+
+#[derive(Args)]
+struct ExercisesArgs {
+    /// Output directory.
+    #[arg(long, default_value = bnbook_lab::exercises::DEFAULT_OUT_DIR)]
+    out: PathBuf,
+    /// Epochs per training run.
+    #[arg(long, default_value_t = ExercisesConfig::default().epochs)]
+    epochs: usize,
+    /// Seeds of every trained network, comma-separated.
+    #[arg(long, default_value_t = List(ExercisesConfig::default().seeds))]
+    seeds: List<u64>,
+    /// Use only the first N training and test examples (60000 uses all).
+    #[arg(long, default_value_t = bnbook_lab::exercises::DEFAULT_LIMIT)]
+    limit: usize,
+    /// Directory with the four Fashion-MNIST files (searched first).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Threads for matrix products and element-wise loops [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -317,6 +345,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Train(args) => train(args),
         Command::Figures(args) => figures(args),
         Command::Norms(args) => norms(args),
+        Command::Exercises(args) => exercises(args),
         Command::Bench(args) => {
             if let Some(path) = &args.json {
                 check_output("--json", path, "bench.json")?;
@@ -453,11 +482,7 @@ fn figures(args: FiguresArgs) -> Result<(), String> {
     };
     let manifest =
         bnbook_lab::figures::generate(&data, &config, &command).map_err(|e| e.to_string())?;
-    println!(
-        "{} files written to {} (with the list of them, figures.json)",
-        manifest.artefacts.len() + 1,
-        config.out.display()
-    );
+    say_written(&manifest, &config.out);
     Ok(())
 }
 
@@ -530,6 +555,15 @@ fn warn_if_env_dir_unusable(options: &LoadOptions) {
     }
 }
 
+/// The closing line of a command that wrote a directory of artefacts.
+fn say_written(manifest: &bnbook_lab::report::Manifest, out: &Path) {
+    println!(
+        "{} files written to {} (with the list of them, figures.json)",
+        manifest.artefacts.len() + 1,
+        out.display()
+    );
+}
+
 /// The command as typed, recorded in the manifests.
 fn command_line() -> String {
     std::iter::once("bnbook".to_string())
@@ -555,10 +589,21 @@ fn norms(args: NormsArgs) -> Result<(), String> {
     };
     let manifest = bnbook_lab::compare::generate(&data, &config, &command_line())
         .map_err(|e| e.to_string())?;
-    println!(
-        "{} files written to {} (with the list of them, figures.json)",
-        manifest.artefacts.len() + 1,
-        config.out.display()
-    );
+    say_written(&manifest, &config.out);
+    Ok(())
+}
+
+fn exercises(args: ExercisesArgs) -> Result<(), String> {
+    set_threads(args.threads)?;
+    let data = load(args.data_dir.as_ref())?;
+    let config = ExercisesConfig {
+        out: args.out,
+        epochs: args.epochs,
+        seeds: args.seeds.0,
+        limit: Some(args.limit),
+    };
+    let manifest = bnbook_lab::exercises::generate(&data, &config, &command_line())
+        .map_err(|e| e.to_string())?;
+    say_written(&manifest, &config.out);
     Ok(())
 }

@@ -330,26 +330,59 @@ fn lenet_bn_variant<R: Rng + ?Sized>(
     norm: Normalization,
     implementation: Implementation,
 ) -> Result<Sequential> {
+    lenet_bn_slots(rng, pooling, |features, rank| {
+        norm.layer(features, rank, implementation)
+    })
+}
+
+/// The layers of LeNet-BN around its four slots; `slot(features, rank)`
+/// makes the layer of each slot (or none).
+fn lenet_bn_slots<R: Rng + ?Sized>(
+    rng: &mut R,
+    pooling: Pool,
+    mut slot: impl FnMut(usize, usize) -> Result<Option<Box<dyn Module>>>,
+) -> Result<Sequential> {
     let mut net = Sequential::new();
     net.push(Conv2d::new(1, 6, 5, rng)?); // (N, 6, 24, 24)
-    push_norm(&mut net, norm.layer(6, 4, implementation)?);
+    push_norm(&mut net, slot(6, 4)?);
     net.push(Sigmoid);
     net.push_boxed(pool(pooling)?); // (N, 6, 12, 12)
     net.push(Conv2d::new(6, 16, 5, rng)?); // (N, 16, 8, 8)
-    push_norm(&mut net, norm.layer(16, 4, implementation)?);
+    push_norm(&mut net, slot(16, 4)?);
     net.push(Sigmoid);
     net.push_boxed(pool(pooling)?); // (N, 16, 4, 4)
     net.push(Flatten); // (N, 256)
     net.push(Linear::new(16 * 4 * 4, 120, rng)?);
-    push_norm(&mut net, norm.layer(120, 2, implementation)?);
+    push_norm(&mut net, slot(120, 2)?);
     net.push(Sigmoid);
     net.push(Linear::new(120, 84, rng)?);
-    push_norm(&mut net, norm.layer(84, 2, implementation)?);
+    push_norm(&mut net, slot(84, 2)?);
     net.push(Sigmoid);
     net.push(Linear::new(84, 10, rng)?);
     Ok(net)
 }
 // ANCHOR_END: lenet_bn_variant
+
+/// LeNet-BN's architecture (average pooling, Xavier-uniform weights from
+/// `rng`, drawn exactly as for [`ModelKind::build`]) with the layer of each
+/// of the four normalisation slots chosen by `slot(features, rank)`: it is
+/// called with `(6, 4)` and `(16, 4)` for the slots after the two
+/// convolutions (rank-4 input, `features` channels) and with `(120, 2)` and
+/// `(84, 2)` for those after the fully connected layers, and returns the
+/// layer for the slot or `None` to leave it empty. The exercises use it for
+/// networks the [`ModelKind`]s do not cover: batch norm in some slots only,
+/// batch norm without γ and β, other group counts.
+///
+/// *Book: chapter "LeNet with BN on Fashion-MNIST", exercises.*
+///
+/// # Errors
+/// The first error `slot` returns.
+pub fn lenet_with_slots<R: Rng + ?Sized>(
+    rng: &mut R,
+    slot: impl FnMut(usize, usize) -> Result<Option<Box<dyn Module>>>,
+) -> Result<Sequential> {
+    lenet_bn_slots(rng, Pool::Average, slot)
+}
 
 /// d2l's LeNet: Conv(1→6, 5×5, padding 2) σ AvgPool, Conv(6→16, 5×5) σ
 /// AvgPool, Flatten, Linear(400→120) σ, Linear(120→84) σ, Linear(84→10).

@@ -110,3 +110,113 @@ fn the_lenet_chapter_says_what_its_runs_show() {
         assert!(bn.history[0].loss < chance / 2.0, "seed {seed}");
     }
 }
+
+/// The mean over seeds of `metric` for the runs of `variant` in the
+/// exercise answers' `results.json`.
+fn variant_mean(
+    results: &bnbook_lab::exercises::Results,
+    variant: bnbook_lab::exercises::Variant,
+    metric: impl Fn(&bnbook_lab::exercises::Run) -> f64,
+) -> f64 {
+    let runs = results.of(variant);
+    assert!(!runs.is_empty(), "no runs of {}", variant.label());
+    runs.iter().map(|r| metric(r)).sum::<f64>() / runs.len() as f64
+}
+
+#[test]
+fn the_exercise_answers_say_what_their_runs_show() {
+    use bnbook_lab::exercises::{ConvGroups, Half, Results, Run, Variant};
+    let results: Results = read("exercises/results.json");
+    let loss = |v| variant_mean(&results, v, Run::loss);
+    let test = |v| variant_mean(&results, v, Run::test_acc);
+
+    // lenet-bn exercise 2: "bias gradients more than ten thousand times
+    // smaller than their weight gradients" for the four layers that feed a
+    // batch norm; "the last layer ... a bias gradient as large as its weight
+    // gradient"
+    let (feeding, last): (Vec<_>, Vec<_>) = results
+        .bias_gradients
+        .iter()
+        .partition(|r| r.feeds_batch_norm);
+    assert_eq!((feeding.len(), last.len()), (4, 1));
+    for r in feeding {
+        assert!(r.bias_grad < 1e-4 * r.weight_grad, "{r:?}");
+    }
+    assert!(
+        last[0].bias_grad > 0.1 * last[0].weight_grad,
+        "{:?}",
+        last[0]
+    );
+
+    // lenet-bn exercise 3 and concise-bn exercise 2: "every row trains the
+    // same network"; "0.99 ... the lowest of the three"; "the re-estimated
+    // statistics beat both d2l's 0.9 and 0.99"; the cumulative average stays
+    // "below ... the re-estimated statistics ... and below d2l's"
+    let momentum_rows = [
+        Variant::OldWeight(0.5),
+        Variant::BatchNorm,
+        Variant::OldWeight(0.99),
+        Variant::CumulativeAverage,
+    ];
+    let reestimated = |v| variant_mean(&results, v, |r| r.reestimated_test_acc.unwrap());
+    for v in momentum_rows {
+        assert_eq!(loss(v), loss(Variant::BatchNorm), "{v:?}");
+        assert_eq!(reestimated(v), reestimated(Variant::BatchNorm), "{v:?}");
+    }
+    let keras = test(Variant::OldWeight(0.99));
+    assert!(keras < test(Variant::BatchNorm) && keras < test(Variant::OldWeight(0.5)));
+    let precise = reestimated(Variant::BatchNorm);
+    assert!(precise > test(Variant::BatchNorm) && precise > keras);
+    let cumulative = test(Variant::CumulativeAverage);
+    assert!(cumulative < precise && cumulative < test(Variant::BatchNorm));
+
+    // lenet-bn exercise 4: "all four slots gives the lowest training loss
+    // and no normalization the highest; either half alone already trains
+    // far better than none"
+    let every = loss(Variant::BatchNorm);
+    let none = loss(Variant::NoNorm);
+    for partial in [Variant::ConvSlotsOnly, Variant::FcSlotsOnly] {
+        assert!(every < loss(partial) && loss(partial) < none, "{partial:?}");
+    }
+
+    // bn-from-scratch exercise 3: "neither half comes close to the whole";
+    // "centering keeps more of the benefit (the lower training loss)"
+    let (centre, scale) = (
+        loss(Variant::Half(Half::CenterOnly)),
+        loss(Variant::Half(Half::ScaleOnly)),
+    );
+    assert!(every < centre && centre < scale, "{every} {centre} {scale}");
+
+    // lenet-bn exercise 6: lower at 8 than at 256; Eval afterwards differs
+    // from the first Eval; batch 1 refused
+    let acc = |row: usize| results.eval_modes[row].test_acc.unwrap();
+    assert!(acc(2) < acc(1), "batches of 8 vs 256 in training mode");
+    assert_ne!(acc(3), acc(0), "the running statistics did not move");
+    let refused = results.eval_modes[4].refused.as_deref().unwrap();
+    assert!(
+        refused.contains("more than one value per channel"),
+        "{refused}"
+    );
+
+    // bn-from-scratch exercise 4, concise-bn exercise 1: "every seed ends
+    // far above the 10 % of chance" without γ and β
+    for r in results.of(Variant::FixedGammaBeta) {
+        assert!(
+            r.test_acc() > 0.5,
+            "seed {}: {}",
+            r.history.seed,
+            r.test_acc()
+        );
+    }
+
+    // norms exercise 1: "one group per channel ... trains best of the three"
+    let per_channel = loss(Variant::GroupNorm(ConvGroups::PerChannel));
+    assert!(per_channel < loss(Variant::GroupNorm(ConvGroups::One)));
+    assert!(per_channel < loss(Variant::GroupNorm(ConvGroups::Two)));
+
+    // math-of-bn exercise 5: "agree up to float32 rounding for a batch of
+    // one, and not for a batch of eight"
+    let single = &results.single_image;
+    assert_eq!((single[0].batch, single[1].batch), (1, 8));
+    assert!(single[0].difference < 1e-5 && single[1].difference > 1e-2);
+}
