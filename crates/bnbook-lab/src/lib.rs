@@ -7,6 +7,9 @@
 //!   chapters (`bnbook figures`);
 //! * [`compare`] — the experiments comparing batch, layer, instance and
 //!   group norm (`bnbook norms`);
+//! * [`dynamics`] — what batch norm does to training: learning rates,
+//!   activations, gradients, noisy BN, the loss along the gradient,
+//!   dropout, longer runs (`bnbook dynamics`);
 //! * [`bench`](mod@bench) — timing of training steps and evaluation passes
 //!   (`bnbook bench`);
 //! * [`report`] — the output directory, its manifest and the run time.
@@ -20,6 +23,7 @@
 
 pub mod bench;
 pub mod compare;
+pub mod dynamics;
 pub mod figures;
 pub mod report;
 

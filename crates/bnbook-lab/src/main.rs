@@ -10,6 +10,7 @@ use bnbook::models::ModelKind;
 use bnbook::nn::MIN_BATCH_WITH_BATCH_NORM;
 use bnbook::train::{EpochRecord, History, TrainConfig, train_model};
 use bnbook_lab::compare::CompareConfig;
+use bnbook_lab::dynamics::DynamicsConfig;
 use bnbook_lab::figures::FiguresConfig;
 use bnbook_lab::report::plural;
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +44,48 @@ enum Command {
     /// normalisation, batch-size sweep; the last run's duration is in
     /// book/generated/norms/run-time.md).
     Norms(NormsArgs),
+    /// Regenerate the figures and tables of the chapter "What batch norm does
+    /// to training" (learning-rate sweep, activations, gradients, noisy BN,
+    /// the loss along the gradient, dropout, longer runs; the last run's
+    /// duration is in book/generated/dynamics/run-time.md).
+    Dynamics(DynamicsArgs),
+}
+
+#[derive(Args)]
+struct DynamicsArgs {
+    /// Output directory.
+    #[arg(long, default_value = bnbook_lab::dynamics::DEFAULT_OUT_DIR)]
+    out: PathBuf,
+    /// Seeds of every experiment, comma-separated.
+    #[arg(long, default_value_t = List(DynamicsConfig::default().seeds))]
+    seeds: List<u64>,
+    /// Use only the first N training and test examples in every run.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Epochs of the traced, noisy-BN and dropout runs.
+    #[arg(long, default_value_t = DynamicsConfig::default().epochs)]
+    epochs: usize,
+    /// Learning rates of the sweep, comma-separated.
+    #[arg(long, default_value_t = List(DynamicsConfig::default().learning_rates))]
+    learning_rates: List<f32>,
+    /// Epochs of every run of the learning-rate sweep.
+    #[arg(long, default_value_t = DynamicsConfig::default().sweep_epochs)]
+    sweep_epochs: usize,
+    /// Epochs of the longer runs (at least --epochs).
+    #[arg(long, default_value_t = DynamicsConfig::default().long_epochs)]
+    long_epochs: usize,
+    /// Factors on Xavier's initial weights, comma-separated (must include 1).
+    #[arg(long, default_value_t = List(DynamicsConfig::default().weight_scales))]
+    weight_scales: List<f32>,
+    /// Recorded steps per epoch in the traced runs.
+    #[arg(long, default_value_t = DynamicsConfig::default().records_per_epoch)]
+    records_per_epoch: usize,
+    /// Directory with the four Fashion-MNIST files (searched first).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Threads for matrix products and element-wise loops [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -317,6 +360,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Train(args) => train(args),
         Command::Figures(args) => figures(args),
         Command::Norms(args) => norms(args),
+        Command::Dynamics(args) => dynamics(args),
         Command::Bench(args) => {
             if let Some(path) = &args.json {
                 check_output("--json", path, "bench.json")?;
@@ -453,11 +497,7 @@ fn figures(args: FiguresArgs) -> Result<(), String> {
     };
     let manifest =
         bnbook_lab::figures::generate(&data, &config, &command).map_err(|e| e.to_string())?;
-    println!(
-        "{} files written to {} (with the list of them, figures.json)",
-        manifest.artefacts.len() + 1,
-        config.out.display()
-    );
+    say_written(&manifest, &config.out);
     Ok(())
 }
 
@@ -555,10 +595,36 @@ fn norms(args: NormsArgs) -> Result<(), String> {
     };
     let manifest = bnbook_lab::compare::generate(&data, &config, &command_line())
         .map_err(|e| e.to_string())?;
+    say_written(&manifest, &config.out);
+    Ok(())
+}
+
+fn dynamics(args: DynamicsArgs) -> Result<(), String> {
+    set_threads(args.threads)?;
+    let data = load(args.data_dir.as_ref())?;
+    let config = DynamicsConfig {
+        out: args.out,
+        seeds: args.seeds.0,
+        limit: args.limit,
+        epochs: args.epochs,
+        learning_rates: args.learning_rates.0,
+        sweep_epochs: args.sweep_epochs,
+        long_epochs: args.long_epochs,
+        weight_scales: args.weight_scales.0,
+        records_per_epoch: args.records_per_epoch,
+        ..Default::default()
+    };
+    let manifest = bnbook_lab::dynamics::generate(&data, &config, &command_line())
+        .map_err(|e| e.to_string())?;
+    say_written(&manifest, &config.out);
+    Ok(())
+}
+
+/// The last line of `figures`, `norms` and `dynamics`: how many files went where.
+fn say_written(manifest: &bnbook_lab::report::Manifest, out: &Path) {
     println!(
         "{} files written to {} (with the list of them, figures.json)",
         manifest.artefacts.len() + 1,
-        config.out.display()
+        out.display()
     );
-    Ok(())
 }
