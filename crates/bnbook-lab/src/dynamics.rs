@@ -425,6 +425,8 @@ fn spread_note(config: &DynamicsConfig) -> String {
 // ----- 1. learning rates -----
 
 const BN: &str = "lenet-bn";
+/// The accuracy of guessing among Fashion-MNIST's ten classes.
+const CHANCE: f64 = 0.1;
 const NO_NORM: &str = "lenet-no-norm";
 
 /// Test accuracy and final loss of one network at one learning rate.
@@ -491,18 +493,36 @@ fn sweep_markdown(cells: &[SweepCell], config: &DynamicsConfig) -> String {
             .iter()
             .filter(|c| c.test_acc.mean.is_finite())
             .max_by(|a, b| a.test_acc.mean.total_cmp(&b.test_acc.mean));
-        let Some(best) = best else { continue };
-        let near: Vec<String> = of
+        let diverged: Vec<String> = of
             .iter()
-            .filter(|c| c.test_acc.mean >= best.test_acc.mean - 0.02)
+            .filter(|c| c.diverged > 0)
             .map(|c| c.lr.to_string())
             .collect();
-        md += &format!(
-            "\n`{variant}`: best at lr {} (test acc {:.3}); within 2 points of that at lr {}.",
-            best.lr,
-            best.test_acc.mean,
-            near.join(", ")
-        );
+        let diverged = match diverged.is_empty() {
+            true => "no run diverged".to_string(),
+            false => format!("runs diverged at lr {}", diverged.join(", ")),
+        };
+        match best {
+            Some(best) if best.test_acc.mean >= CHANCE + 0.1 => {
+                let near: Vec<String> = of
+                    .iter()
+                    .filter(|c| c.test_acc.mean >= best.test_acc.mean - 0.02)
+                    .map(|c| c.lr.to_string())
+                    .collect();
+                md += &format!(
+                    "\n`{variant}`: best at lr {} (test acc {:.3}); within 2 points of that at lr {}; {diverged}.",
+                    best.lr,
+                    best.test_acc.mean,
+                    near.join(", ")
+                );
+            }
+            _ => {
+                md += &format!(
+                    "\n`{variant}`: no learning rate lifts the test accuracy 10 points above chance \
+                     ({CHANCE}) in this budget; {diverged}."
+                )
+            }
+        }
     }
     md += &format!(
         "\n\nTraining loss of the last epoch and test accuracy after it, {} per run, batch 256; {}.\n",
