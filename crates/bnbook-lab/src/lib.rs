@@ -9,6 +9,9 @@
 //!   group norm (`bnbook norms`);
 //! * [`exercises`] — the measured answers to the chapters' exercises
 //!   (`bnbook exercises`);
+//! * [`dynamics`] — what batch norm does to training: learning rates,
+//!   activations, gradients, noisy BN, the loss along the gradient,
+//!   dropout, longer runs (`bnbook dynamics`);
 //! * [`bench`](mod@bench) — timing of training steps and evaluation passes
 //!   (`bnbook bench`);
 //! * [`report`] — the output directory, its manifest and the run time.
@@ -22,6 +25,7 @@
 
 pub mod bench;
 pub mod compare;
+pub mod dynamics;
 pub mod exercises;
 pub mod figures;
 pub mod report;

@@ -10,6 +10,7 @@ use bnbook::models::ModelKind;
 use bnbook::nn::MIN_BATCH_WITH_BATCH_NORM;
 use bnbook::train::{EpochRecord, History, TrainConfig, train_model};
 use bnbook_lab::compare::CompareConfig;
+use bnbook_lab::dynamics::DynamicsConfig;
 use bnbook_lab::exercises::ExercisesConfig;
 use bnbook_lab::figures::FiguresConfig;
 use bnbook_lab::report::plural;
@@ -49,6 +50,11 @@ enum Command {
     /// counts, evaluation in training mode; the last run's duration is in
     /// book/generated/exercises/run-time.md).
     Exercises(ExercisesArgs),
+    /// Regenerate the figures and tables of the chapter "What batch norm does
+    /// to training" (learning-rate sweep, activations, gradients, noisy BN,
+    /// the loss along the gradient, dropout, longer runs; the last run's
+    /// duration is in book/generated/dynamics/run-time.md).
+    Dynamics(DynamicsArgs),
 }
 
 #[derive(Args)]
@@ -65,6 +71,43 @@ struct ExercisesArgs {
     /// Use only the first N training and test examples (60000 uses all).
     #[arg(long, default_value_t = bnbook_lab::exercises::DEFAULT_LIMIT)]
     limit: usize,
+    /// Directory with the four Fashion-MNIST files (searched first).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Threads for matrix products and element-wise loops [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct DynamicsArgs {
+    /// Output directory.
+    #[arg(long, default_value = bnbook_lab::dynamics::DEFAULT_OUT_DIR)]
+    out: PathBuf,
+    /// Seeds of every experiment, comma-separated.
+    #[arg(long, default_value_t = List(DynamicsConfig::default().seeds))]
+    seeds: List<u64>,
+    /// Use only the first N training and test examples in every run.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Epochs of the traced, noisy-BN and dropout runs.
+    #[arg(long, default_value_t = DynamicsConfig::default().epochs)]
+    epochs: usize,
+    /// Learning rates of the sweep, comma-separated.
+    #[arg(long, default_value_t = List(DynamicsConfig::default().learning_rates))]
+    learning_rates: List<f32>,
+    /// Epochs of every run of the learning-rate sweep.
+    #[arg(long, default_value_t = DynamicsConfig::default().sweep_epochs)]
+    sweep_epochs: usize,
+    /// Epochs of the longer runs (at least --epochs).
+    #[arg(long, default_value_t = DynamicsConfig::default().long_epochs)]
+    long_epochs: usize,
+    /// Factors on Xavier's initial weights, comma-separated (must include 1).
+    #[arg(long, default_value_t = List(DynamicsConfig::default().weight_scales))]
+    weight_scales: List<f32>,
+    /// Recorded steps per epoch in the traced runs.
+    #[arg(long, default_value_t = DynamicsConfig::default().records_per_epoch)]
+    records_per_epoch: usize,
     /// Directory with the four Fashion-MNIST files (searched first).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -346,6 +389,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Figures(args) => figures(args),
         Command::Norms(args) => norms(args),
         Command::Exercises(args) => exercises(args),
+        Command::Dynamics(args) => dynamics(args),
         Command::Bench(args) => {
             if let Some(path) = &args.json {
                 check_output("--json", path, "bench.json")?;
@@ -603,6 +647,27 @@ fn exercises(args: ExercisesArgs) -> Result<(), String> {
         limit: Some(args.limit),
     };
     let manifest = bnbook_lab::exercises::generate(&data, &config, &command_line())
+        .map_err(|e| e.to_string())?;
+    say_written(&manifest, &config.out);
+    Ok(())
+}
+
+fn dynamics(args: DynamicsArgs) -> Result<(), String> {
+    set_threads(args.threads)?;
+    let data = load(args.data_dir.as_ref())?;
+    let config = DynamicsConfig {
+        out: args.out,
+        seeds: args.seeds.0,
+        limit: args.limit,
+        epochs: args.epochs,
+        learning_rates: args.learning_rates.0,
+        sweep_epochs: args.sweep_epochs,
+        long_epochs: args.long_epochs,
+        weight_scales: args.weight_scales.0,
+        records_per_epoch: args.records_per_epoch,
+        ..Default::default()
+    };
+    let manifest = bnbook_lab::dynamics::generate(&data, &config, &command_line())
         .map_err(|e| e.to_string())?;
     say_written(&manifest, &config.out);
     Ok(())

@@ -20,6 +20,9 @@
 //! * [`models`] — LeNet with and without batch norm;
 //! * [`fold`] — batch norm folded into the layer before it, for prediction;
 //! * [`train`] — d2l's training loop, with history and throughput;
+//! * [`dynamics`] — instruments for watching training (activations,
+//!   gradients, the loss along the gradient) and the variants of LeNet-BN
+//!   the chapter "What batch norm does to training" compares;
 //! * [`plot`] — SVG figures that also display inline in notebooks;
 //! * [`prelude`] — one `use` for a notebook's first cell.
 //!
@@ -39,6 +42,7 @@ pub use rand;
 pub mod autograd;
 pub mod concise;
 pub mod data;
+pub mod dynamics;
 pub mod error;
 pub mod fold;
 pub mod gradcheck;

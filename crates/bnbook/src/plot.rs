@@ -91,13 +91,72 @@ pub fn line_chart_with_x_labels(
     title: &str,
     x_label: &str,
     series: &[Series],
+    size: (u32, u32),
+    x_format: &dyn Fn(f64) -> String,
+) -> Result<Svg> {
+    chart_with_bands(title, x_label, series, &[], size, x_format)
+}
+
+/// A line with a shaded band around it: the mean over seeds, say, between
+/// the lowest and the highest seed.
+#[derive(Clone, Debug)]
+pub struct Band {
+    /// Legend label.
+    pub label: String,
+    /// `(x, low, line, high)` per point, in drawing order.
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
+/// A line chart whose lines carry a shaded band each (the spread over
+/// seeds), x-axis tick labels written by `x_format` (see
+/// [`line_chart_with_x_labels`]). Points with a NaN or infinite value are
+/// left out.
+///
+/// # Errors
+/// If there is nothing to draw, the values span too wide a range or the
+/// size is zero.
+pub fn band_chart(
+    title: &str,
+    x_label: &str,
+    bands: &[Band],
+    size: (u32, u32),
+    x_format: &dyn Fn(f64) -> String,
+) -> Result<Svg> {
+    let lines: Vec<Series> = bands
+        .iter()
+        .map(|b| Series {
+            label: b.label.clone(),
+            points: b.points.iter().map(|&(x, _, y, _)| (x, y)).collect(),
+        })
+        .collect();
+    chart_with_bands(title, x_label, &lines, bands, size, x_format)
+}
+
+/// The drawing behind [`line_chart_with_x_labels`] and [`band_chart`]:
+/// `series` as lines, `bands[i]` (if any) shaded in the colour of line `i`.
+fn chart_with_bands(
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+    bands: &[Band],
     (width, height): (u32, u32),
     x_format: &dyn Fn(f64) -> String,
 ) -> Result<Svg> {
     // NaN and infinite values (a diverged run's loss) are left out of the
     // axes and the lines: plotters cannot place them.
     let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
-    let all = || series.iter().flat_map(|s| s.points.iter()).filter(finite);
+    let band_edges: Vec<(f64, f64)> = bands
+        .iter()
+        .flat_map(|b| b.points.iter())
+        .flat_map(|&(x, lo, _, hi)| [(x, lo), (x, hi)])
+        .collect();
+    let all = || {
+        series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .chain(&band_edges)
+            .filter(finite)
+    };
     if all().next().is_none() {
         return Err(Error::InvalidArgument(
             "line_chart: no points to draw (none given, or all are NaN or infinite)".into(),
@@ -146,6 +205,26 @@ pub fn line_chart_with_x_labels(
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(plot_error)?;
+        for (i, band) in bands.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let ok = |&&(x, lo, _, hi): &&(f64, f64, f64, f64)| {
+                x.is_finite() && lo.is_finite() && hi.is_finite()
+            };
+            let upper = band.points.iter().filter(ok).map(|&(x, _, _, hi)| (x, hi));
+            let lower = band
+                .points
+                .iter()
+                .rev()
+                .filter(ok)
+                .map(|&(x, lo, _, _)| (x, lo));
+            let outline: Vec<(f64, f64)> = upper.chain(lower).collect();
+            chart
+                .draw_series(std::iter::once(Polygon::new(
+                    outline,
+                    color.mix(0.2).filled(),
+                )))
+                .map_err(plot_error)?;
+        }
         for (i, s) in series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
             chart
@@ -215,6 +294,24 @@ mod tests {
 
     fn refusal(result: Result<Svg>) -> String {
         result.expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn bands_are_drawn_under_their_lines() {
+        let band = Band {
+            label: "mean".into(),
+            points: vec![
+                (1.0, 0.0, 1.0, 2.0),
+                (2.0, f64::NAN, 1.5, 3.0),
+                (3.0, 1.0, 2.0, 4.0),
+            ],
+        };
+        let svg = band_chart("t", "x", &[band], (480, 320), &|x| format!("{x}")).unwrap();
+        assert!(
+            svg.as_str().contains("<polygon"),
+            "the band is a filled polygon"
+        );
+        assert!(svg.as_str().contains("<polyline"), "the line is drawn too");
     }
 
     #[test]

@@ -18,16 +18,17 @@
 pub use crate::autograd::Tensor;
 pub use crate::concise::{BatchNorm1d, BatchNorm2d, BatchNormOptions, RunningVariance};
 pub use crate::data::{BatchOptions, FashionMnist, LastBatch, LoadOptions, Split};
+pub use crate::dynamics::{TraceOptions, Variant, train_traced};
 pub use crate::error::{Error, Result};
 pub use crate::fold::fold_batch_norm;
 pub use crate::gradcheck::GradCheck;
 pub use crate::models::{ModelKind, Normalization};
 pub use crate::nn::{
-    AvgPool2d, BatchNormLayer, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Mode, Module, Momentum,
-    ReLU, Sequential, Sgd, Sigmoid,
+    AvgPool2d, BatchNormLayer, Conv2d, DistributionNoise, Dropout, Flatten, Linear, MaxPool2d,
+    Mode, Module, Momentum, NoiseOptions, ReLU, Sequential, Sgd, Sigmoid,
 };
 pub use crate::norms::{GroupNorm, Implementation, InstanceNorm2d, LayerNorm, NormOptions};
-pub use crate::plot::{Series, Svg, line_chart, training_curves};
+pub use crate::plot::{Band, Series, Svg, band_chart, line_chart, training_curves};
 pub use crate::random::random_input;
 pub use crate::scratch::{BatchNorm, batch_norm};
 pub use crate::train::{

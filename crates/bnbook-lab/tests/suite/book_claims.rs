@@ -220,3 +220,109 @@ fn the_exercise_answers_say_what_their_runs_show() {
     assert_eq!((single[0].batch, single[1].batch), (1, 8));
     assert!(single[0].difference < 1e-5 && single[1].difference > 1e-2);
 }
+
+/// A summary row of `dynamics/<file>` (a JSON list of objects with a
+/// `variant` field), as loose JSON.
+fn row(file: &str, variant: &str) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = read(&format!("dynamics/{file}"));
+    rows.into_iter()
+        .find(|r| r["variant"] == variant)
+        .unwrap_or_else(|| panic!("no {variant} in {file}"))
+}
+
+/// The mean of a `Spread` field (`{"mean": …, "min": …, "max": …}`).
+fn mean_of(value: &serde_json::Value) -> f64 {
+    value["mean"].as_f64().expect("a spread")
+}
+
+/// The chapter "What batch norm does to training" (`book/training-dynamics.md`)
+/// states verdicts about the runs in `book/generated/dynamics/`; they were
+/// written for the small run (`--limit 6000 --epochs 2 --sweep-epochs 2
+/// --long-epochs 6`). When the full-size run replaces those files, every
+/// assertion here that fails names a sentence to rewrite.
+#[test]
+fn the_training_dynamics_chapter_says_what_its_runs_show() {
+    let test = |h: &History| h.last().expect("epochs").test_acc;
+    // "with batch norm every rate from 0.01 to 10 trains and none diverges;
+    // without it no rate leaves chance in this budget"
+    let sweep: Vec<History> = read("dynamics/lr-sweep.json");
+    let bn = of(&sweep, "lenet-bn");
+    assert!(bn.iter().any(|h| h.lr == 0.01) && bn.iter().any(|h| h.lr == 10.0));
+    for h in &bn {
+        assert!(h.history.iter().all(|r| r.loss.is_finite()), "lr {}", h.lr);
+        assert!(test(h) > 0.3, "lenet-bn learns at lr {}", h.lr);
+    }
+    for h in of(&sweep, "lenet-no-norm") {
+        assert!(test(h) < 0.15, "lenet-no-norm at chance at lr {}", h.lr);
+    }
+    // activations: BN's median drifts least, noisy BN's most; without BN the
+    // percentiles merge
+    let drift = |v: &str| mean_of(&row("activations.json", v)["median_drift"]);
+    let width = |v: &str| mean_of(&row("activations.json", v)["width_last"]);
+    assert!(drift("lenet-bn") < drift("lenet-no-norm"));
+    assert!(drift("lenet-no-norm") < drift("lenet-bn+noise"));
+    assert!(width("lenet-bn") > 10.0 * width("lenet-no-norm"));
+    // saturation: neither saturates at Xavier's scale; weights ×10 saturate
+    // the later layers without BN, nearly nothing with it
+    let saturated = |v: &str, when: &str| -> Vec<f64> {
+        let r = row("activations.json", v);
+        r[when].as_array().unwrap().iter().map(mean_of).collect()
+    };
+    for v in ["lenet-bn", "lenet-no-norm", "lenet-bn×10"] {
+        for when in ["saturated_first", "saturated_last"] {
+            assert!(saturated(v, when).iter().all(|&s| s < 0.01), "{v} {when}");
+        }
+    }
+    let big = saturated("lenet-no-norm×10", "saturated_last");
+    assert!(big[2] > 0.5 && big[3] > 0.5, "{big:?}");
+    // gradients at the first step: within a factor 10 with BN at every
+    // scale; without BN the first layer's is over 100 times below the last's
+    let first = |v: &str| -> Vec<f64> {
+        let r = row("gradients.json", v);
+        r["first"].as_array().unwrap().iter().map(mean_of).collect()
+    };
+    for v in ["lenet-bn", "lenet-bn×10"] {
+        let g = first(v);
+        let (lo, hi) = g
+            .iter()
+            .fold((f64::INFINITY, 0.0_f64), |(a, b), &x| (a.min(x), b.max(x)));
+        assert!(hi < 10.0 * lo, "{v}: {g:?}");
+    }
+    let g = first("lenet-no-norm");
+    assert!(g[4] > 100.0 * g[0], "{g:?}");
+    // noisy BN trains about as well as BN (test accuracy within 5 points)
+    // and far better than no normalisation
+    let acc = |v: &str| mean_of(&row("gradients.json", v)["test_acc"]);
+    let traced: Vec<serde_json::Value> = read("dynamics/traced-runs.json");
+    let noisy: Vec<f64> = traced
+        .iter()
+        .filter(|r| r["variant"] == "lenet-bn+noise")
+        .map(|r| {
+            r["history"]["history"].as_array().unwrap().last().unwrap()["test_acc"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    let noisy_mean = noisy.iter().sum::<f64>() / noisy.len() as f64;
+    assert!((noisy_mean - acc("lenet-bn")).abs() < 0.05, "{noisy_mean}");
+    // "its test accuracy is even a little higher here"
+    assert!(noisy_mean > acc("lenet-bn"), "{noisy_mean}");
+    assert!(noisy_mean > acc("lenet-no-norm") + 0.3);
+    // the loss along the gradient changes more with BN (the disagreement)
+    let range = |v: &str| mean_of(&row("landscape.json", v)["loss_range"]);
+    assert!(range("lenet-bn") > range("lenet-no-norm"));
+    // dropout on top of BN lowers the test accuracy in this budget
+    let dropout: Vec<History> = read("dynamics/dropout-runs.json");
+    let with = of(&dropout, "lenet-bn+dropout");
+    assert!(mean(&with, test) < acc("lenet-bn"));
+    // longer: BN keeps improving, no normalisation stays at chance
+    let long: Vec<History> = read("dynamics/long-runs.json");
+    let bn = of(&long, "lenet-bn");
+    let manifest: serde_json::Value = read("dynamics/figures.json");
+    let epochs = manifest["epochs"].as_u64().expect("epochs") as usize;
+    let early = |h: &History| h.history[epochs - 1].test_acc; // after --epochs
+    assert!(mean(&bn, test) > mean(&bn, early));
+    for h in of(&long, "lenet-no-norm") {
+        assert!(h.history.iter().all(|r| r.test_acc < 0.15));
+    }
+}

@@ -9,5 +9,6 @@
 
 mod book_claims;
 mod cli;
+mod dynamics;
 mod exercises;
 mod norm_comparison;

@@ -10,11 +10,13 @@
 mod dropout;
 mod init;
 mod layers;
+mod noise;
 mod optim;
 
 pub use dropout::{Dropout, dropout};
 pub use init::{uniform, xavier_uniform};
 pub use layers::{AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid};
+pub use noise::{DistributionNoise, NoiseOptions, scale_and_shift};
 pub use optim::{Sgd, check_learning_rate};
 
 use crate::autograd::{Tensor, check_logits};

@@ -17,6 +17,7 @@ mod data_download;
 mod data_env;
 mod data_files;
 mod data_real;
+mod dynamics;
 mod gradcheck_catches_bugs;
 mod gradcheck_layers;
 mod gradcheck_ops;
