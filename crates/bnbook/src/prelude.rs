@@ -30,6 +30,9 @@ pub use crate::norms::{GroupNorm, Implementation, InstanceNorm2d, LayerNorm, Nor
 pub use crate::plot::{Series, Svg, line_chart, training_curves};
 pub use crate::random::random_input;
 pub use crate::scratch::{BatchNorm, batch_norm};
+pub use crate::small_batch::{
+    BatchNormVariant1d, BatchNormVariant2d, Variant, lenet_bn_with, sync_batch_norm,
+};
 pub use crate::train::{
     History, TrainConfig, evaluate, reestimate_running_statistics, train, train_model,
 };
