@@ -458,13 +458,13 @@ pub fn timing(repeats: usize) -> Result<Vec<Timing>> {
 
 // ----- tables and figures -----
 
-fn mean(values: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let (sum, n) = values.fold((0.0, 0), |(s, n), v| (s + v, n + 1));
     sum / n.max(1) as f64
 }
 
 /// `mean` alone for one value, `mean (min–max)` for several.
-fn mean_and_range(values: impl Iterator<Item = f64>) -> String {
+pub(crate) fn mean_and_range(values: impl Iterator<Item = f64>) -> String {
     let values: Vec<f64> = values.collect();
     let m = mean(values.iter().copied());
     if values.len() < 2 {

@@ -7,6 +7,9 @@
 //!   chapters (`bnbook figures`);
 //! * [`compare`] — the experiments comparing batch, layer, instance and
 //!   group norm (`bnbook norms`);
+//! * [`inference`] — batch norm at inference and with small batches:
+//!   momentum and precise statistics, evaluation pitfalls, folding, ghost,
+//!   renormalised, frozen and synchronised batch norm (`bnbook inference`);
 //! * [`bench`](mod@bench) — timing of training steps and evaluation passes
 //!   (`bnbook bench`);
 //! * [`report`] — the output directory, its manifest and the run time.
@@ -21,6 +24,7 @@
 pub mod bench;
 pub mod compare;
 pub mod figures;
+pub mod inference;
 pub mod report;
 
 /// The largest absolute difference between two arrays of the same shape

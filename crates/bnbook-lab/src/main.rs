@@ -11,6 +11,7 @@ use bnbook::nn::MIN_BATCH_WITH_BATCH_NORM;
 use bnbook::train::{EpochRecord, History, TrainConfig, train_model};
 use bnbook_lab::compare::CompareConfig;
 use bnbook_lab::figures::FiguresConfig;
+use bnbook_lab::inference::InferenceConfig;
 use bnbook_lab::report::plural;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,54 @@ enum Command {
     /// normalisation, batch-size sweep; the last run's duration is in
     /// book/generated/norms/run-time.md).
     Norms(NormsArgs),
+    /// Regenerate the figures and tables of the chapter on batch norm at
+    /// inference and with small batches (momentum and precise statistics,
+    /// evaluation pitfalls, folding, small-batch remedies, synchronised BN;
+    /// the last run's duration is in book/generated/inference/run-time.md).
+    Inference(InferenceArgs),
+}
+
+#[derive(Args)]
+struct InferenceArgs {
+    /// Output directory.
+    #[arg(long, default_value = bnbook_lab::inference::DEFAULT_OUT_DIR)]
+    out: PathBuf,
+    /// Epochs of the momentum runs.
+    #[arg(long, default_value_t = InferenceConfig::default().epochs)]
+    epochs: usize,
+    /// Seeds of every experiment, comma-separated.
+    #[arg(long, default_value_t = List(InferenceConfig::default().seeds))]
+    seeds: List<u64>,
+    /// Momentum runs: use only the first N training and test examples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Training batches of 256 that precise BN averages over.
+    #[arg(long, default_value_t = InferenceConfig::default().precise_batches)]
+    precise_batches: usize,
+    /// Batch sizes of the small-batch sweep, comma-separated.
+    #[arg(long, default_value_t = List(InferenceConfig::default().sweep_batch_sizes))]
+    sweep_batch_sizes: List<usize>,
+    /// Epochs of every sweep and per-worker run.
+    #[arg(long, default_value_t = InferenceConfig::default().sweep_epochs)]
+    sweep_epochs: usize,
+    /// Sweep and per-worker runs: use only the first N training and test examples.
+    #[arg(long)]
+    sweep_limit: Option<usize>,
+    /// Examples per worker when a batch of 256 is split over workers, comma-separated.
+    #[arg(long, default_value_t = List(InferenceConfig::default().worker_batch_sizes))]
+    worker_batch_sizes: List<usize>,
+    /// Workers of the synchronised batch-norm run at batch 256.
+    #[arg(long, default_value_t = InferenceConfig::default().sync_workers)]
+    sync_workers: usize,
+    /// Timed repetitions of each evaluation pass.
+    #[arg(long, default_value_t = InferenceConfig::default().timing_repeats)]
+    timing_repeats: usize,
+    /// Directory with the four Fashion-MNIST files (searched first).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Threads for matrix products and element-wise loops [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -317,6 +366,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Train(args) => train(args),
         Command::Figures(args) => figures(args),
         Command::Norms(args) => norms(args),
+        Command::Inference(args) => inference(args),
         Command::Bench(args) => {
             if let Some(path) = &args.json {
                 check_output("--json", path, "bench.json")?;
@@ -453,11 +503,7 @@ fn figures(args: FiguresArgs) -> Result<(), String> {
     };
     let manifest =
         bnbook_lab::figures::generate(&data, &config, &command).map_err(|e| e.to_string())?;
-    println!(
-        "{} files written to {} (with the list of them, figures.json)",
-        manifest.artefacts.len() + 1,
-        config.out.display()
-    );
+    written(&manifest, &config.out);
     Ok(())
 }
 
@@ -530,6 +576,15 @@ fn warn_if_env_dir_unusable(options: &LoadOptions) {
     }
 }
 
+/// The closing line of a command that wrote a directory of results.
+fn written(manifest: &bnbook_lab::report::Manifest, out: &Path) {
+    println!(
+        "{} files written to {} (with the list of them, figures.json)",
+        manifest.artefacts.len() + 1,
+        out.display()
+    );
+}
+
 /// The command as typed, recorded in the manifests.
 fn command_line() -> String {
     std::iter::once("bnbook".to_string())
@@ -555,10 +610,28 @@ fn norms(args: NormsArgs) -> Result<(), String> {
     };
     let manifest = bnbook_lab::compare::generate(&data, &config, &command_line())
         .map_err(|e| e.to_string())?;
-    println!(
-        "{} files written to {} (with the list of them, figures.json)",
-        manifest.artefacts.len() + 1,
-        config.out.display()
-    );
+    written(&manifest, &config.out);
+    Ok(())
+}
+
+fn inference(args: InferenceArgs) -> Result<(), String> {
+    set_threads(args.threads)?;
+    let data = load(args.data_dir.as_ref())?;
+    let config = InferenceConfig {
+        out: args.out,
+        epochs: args.epochs,
+        seeds: args.seeds.0,
+        limit: args.limit,
+        precise_batches: args.precise_batches,
+        sweep_batch_sizes: args.sweep_batch_sizes.0,
+        sweep_epochs: args.sweep_epochs,
+        sweep_limit: args.sweep_limit,
+        worker_batch_sizes: args.worker_batch_sizes.0,
+        sync_workers: args.sync_workers,
+        timing_repeats: args.timing_repeats,
+    };
+    let manifest = bnbook_lab::inference::generate(&data, &config, &command_line())
+        .map_err(|e| e.to_string())?;
+    written(&manifest, &config.out);
     Ok(())
 }

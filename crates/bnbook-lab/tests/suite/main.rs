@@ -9,4 +9,5 @@
 
 mod book_claims;
 mod cli;
+mod inference;
 mod norm_comparison;
