@@ -267,3 +267,54 @@ fn the_synchronised_section_says_what_its_numbers_show() {
         assert!(get(rank, 8, "per_worker_output") > get(rank, 2, "per_worker_output"));
     }
 }
+
+#[test]
+fn the_small_batch_sections_say_what_their_runs_show() {
+    let runs: Vec<serde_json::Value> = read("inference/small-batch-sweep.json");
+    let mean_of =
+        |runs: &[serde_json::Value], variant: &str, batch: u64, stats: u64, precise: bool| -> f64 {
+            let values: Vec<f64> = runs
+                .iter()
+                .filter(|r| {
+                    r["variant"] == variant
+                        && r["batch_size"] == batch
+                        && r["statistics_batch"] == stats
+                })
+                .map(|r| {
+                    if precise {
+                        r["test_acc_precise"].as_f64().unwrap()
+                    } else {
+                        r["history"]["history"].as_array().unwrap().last().unwrap()["test_acc"]
+                            .as_f64()
+                            .unwrap()
+                    }
+                })
+                .collect();
+            assert!(
+                !values.is_empty(),
+                "no runs of {variant} at {batch}/{stats}"
+            );
+            values.iter().sum::<f64>() / values.len() as f64
+        };
+    let (bn, renorm, frozen) = ("BN", "batch renorm (r_max 3, d_max 5)", "frozen BN");
+    // at batch 2 both remedies beat batch norm in both columns
+    for precise in [false, true] {
+        assert!(mean_of(&runs, renorm, 2, 2, precise) > mean_of(&runs, bn, 2, 2, precise));
+        assert!(mean_of(&runs, frozen, 2, 2, precise) > mean_of(&runs, bn, 2, 2, precise));
+    }
+    // "frozen BN ... falls apart" at the largest batch of the sweep
+    assert!(mean_of(&runs, frozen, 256, 256, false) < mean_of(&runs, bn, 256, 256, false) - 0.2);
+
+    let split: Vec<serde_json::Value> = read("inference/per-worker.json");
+    let ghost = |size: u64| mean_of(&split, &format!("ghost BN ({size})"), 256, size, false);
+    let sync = mean_of(&split, "sync BN (8 workers)", 256, 256, false);
+    // synchronised = 1 worker, to the three decimals of the table
+    assert_eq!(format!("{sync:.3}"), format!("{:.3}", ghost(256)));
+    // per-worker batches of 8 to 32 end above the full batch; 2 fall apart
+    for size in [8, 16, 32] {
+        assert!(ghost(size) > ghost(256), "ghost {size}");
+    }
+    for size in [4, 8, 16, 32, 64, 128, 256] {
+        assert!(ghost(2) < ghost(size), "2 per worker is the worst");
+    }
+}
