@@ -458,7 +458,7 @@ pub fn timing(repeats: usize) -> Result<Vec<Timing>> {
 
 // ----- tables and figures -----
 
-fn mean(values: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let (sum, n) = values.fold((0.0, 0), |(s, n), v| (s + v, n + 1));
     sum / n.max(1) as f64
 }

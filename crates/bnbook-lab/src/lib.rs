@@ -12,6 +12,9 @@
 //! * [`dynamics`] — what batch norm does to training: learning rates,
 //!   activations, gradients, noisy BN, the loss along the gradient,
 //!   dropout, longer runs (`bnbook dynamics`);
+//! * [`inference`] — batch norm at inference and with small batches:
+//!   momentum and precise statistics, evaluation pitfalls, folding, ghost,
+//!   renormalised, frozen and synchronised batch norm (`bnbook inference`);
 //! * [`bench`](mod@bench) — timing of training steps and evaluation passes
 //!   (`bnbook bench`);
 //! * [`report`] — the output directory, its manifest and the run time.
@@ -28,6 +31,7 @@ pub mod compare;
 pub mod dynamics;
 pub mod exercises;
 pub mod figures;
+pub mod inference;
 pub mod report;
 
 /// The largest absolute difference between two arrays of the same shape

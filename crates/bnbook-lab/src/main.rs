@@ -13,6 +13,7 @@ use bnbook_lab::compare::CompareConfig;
 use bnbook_lab::dynamics::DynamicsConfig;
 use bnbook_lab::exercises::ExercisesConfig;
 use bnbook_lab::figures::FiguresConfig;
+use bnbook_lab::inference::InferenceConfig;
 use bnbook_lab::report::plural;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -55,6 +56,11 @@ enum Command {
     /// the loss along the gradient, dropout, longer runs; the last run's
     /// duration is in book/generated/dynamics/run-time.md).
     Dynamics(DynamicsArgs),
+    /// Regenerate the figures and tables of the chapter on batch norm at
+    /// inference and with small batches (momentum and precise statistics,
+    /// evaluation pitfalls, folding, small-batch remedies, synchronised BN;
+    /// the last run's duration is in book/generated/inference/run-time.md).
+    Inference(InferenceArgs),
 }
 
 #[derive(Args)]
@@ -108,6 +114,49 @@ struct DynamicsArgs {
     /// Recorded steps per epoch in the traced runs.
     #[arg(long, default_value_t = DynamicsConfig::default().records_per_epoch)]
     records_per_epoch: usize,
+    /// Directory with the four Fashion-MNIST files (searched first).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Threads for matrix products and element-wise loops [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct InferenceArgs {
+    /// Output directory.
+    #[arg(long, default_value = bnbook_lab::inference::DEFAULT_OUT_DIR)]
+    out: PathBuf,
+    /// Epochs of the momentum runs.
+    #[arg(long, default_value_t = InferenceConfig::default().epochs)]
+    epochs: usize,
+    /// Seeds of every experiment, comma-separated.
+    #[arg(long, default_value_t = List(InferenceConfig::default().seeds))]
+    seeds: List<u64>,
+    /// Momentum runs: use only the first N training and test examples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Training batches of 256 that precise BN averages over.
+    #[arg(long, default_value_t = InferenceConfig::default().precise_batches)]
+    precise_batches: usize,
+    /// Batch sizes of the small-batch sweep, comma-separated.
+    #[arg(long, default_value_t = List(InferenceConfig::default().sweep_batch_sizes))]
+    sweep_batch_sizes: List<usize>,
+    /// Epochs of every sweep and per-worker run.
+    #[arg(long, default_value_t = InferenceConfig::default().sweep_epochs)]
+    sweep_epochs: usize,
+    /// Sweep and per-worker runs: use only the first N training and test examples.
+    #[arg(long)]
+    sweep_limit: Option<usize>,
+    /// Examples per worker when a batch of 256 is split over workers, comma-separated.
+    #[arg(long, default_value_t = List(InferenceConfig::default().worker_batch_sizes))]
+    worker_batch_sizes: List<usize>,
+    /// Workers of the synchronised batch-norm run at batch 256.
+    #[arg(long, default_value_t = InferenceConfig::default().sync_workers)]
+    sync_workers: usize,
+    /// Timed repetitions of each evaluation pass.
+    #[arg(long, default_value_t = InferenceConfig::default().timing_repeats)]
+    timing_repeats: usize,
     /// Directory with the four Fashion-MNIST files (searched first).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -390,6 +439,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Norms(args) => norms(args),
         Command::Exercises(args) => exercises(args),
         Command::Dynamics(args) => dynamics(args),
+        Command::Inference(args) => inference(args),
         Command::Bench(args) => {
             if let Some(path) = &args.json {
                 check_output("--json", path, "bench.json")?;
@@ -668,6 +718,28 @@ fn dynamics(args: DynamicsArgs) -> Result<(), String> {
         ..Default::default()
     };
     let manifest = bnbook_lab::dynamics::generate(&data, &config, &command_line())
+        .map_err(|e| e.to_string())?;
+    say_written(&manifest, &config.out);
+    Ok(())
+}
+
+fn inference(args: InferenceArgs) -> Result<(), String> {
+    set_threads(args.threads)?;
+    let data = load(args.data_dir.as_ref())?;
+    let config = InferenceConfig {
+        out: args.out,
+        epochs: args.epochs,
+        seeds: args.seeds.0,
+        limit: args.limit,
+        precise_batches: args.precise_batches,
+        sweep_batch_sizes: args.sweep_batch_sizes.0,
+        sweep_epochs: args.sweep_epochs,
+        sweep_limit: args.sweep_limit,
+        worker_batch_sizes: args.worker_batch_sizes.0,
+        sync_workers: args.sync_workers,
+        timing_repeats: args.timing_repeats,
+    };
+    let manifest = bnbook_lab::inference::generate(&data, &config, &command_line())
         .map_err(|e| e.to_string())?;
     say_written(&manifest, &config.out);
     Ok(())

@@ -19,6 +19,7 @@
 //! * [`data`] — the Fashion-MNIST loader (find, verify, download, batch);
 //! * [`models`] — LeNet with and without batch norm;
 //! * [`fold`] — batch norm folded into the layer before it, for prediction;
+//! * [`small_batch`] — ghost, renormalised, frozen and synchronised batch norm;
 //! * [`train`] — d2l's training loop, with history and throughput;
 //! * [`dynamics`] — instruments for watching training (activations,
 //!   gradients, the loss along the gradient) and the variants of LeNet-BN
@@ -53,6 +54,7 @@ pub mod plot;
 pub mod prelude;
 pub mod random;
 pub mod scratch;
+pub mod small_batch;
 pub mod train;
 
 pub use autograd::Tensor;

@@ -31,6 +31,9 @@ pub use crate::norms::{GroupNorm, Implementation, InstanceNorm2d, LayerNorm, Nor
 pub use crate::plot::{Band, Series, Svg, band_chart, line_chart, training_curves};
 pub use crate::random::random_input;
 pub use crate::scratch::{BatchNorm, batch_norm};
+pub use crate::small_batch::{
+    BatchNormKind, BatchNormVariant1d, BatchNormVariant2d, lenet_bn_with, sync_batch_norm,
+};
 pub use crate::train::{
     History, TrainConfig, evaluate, reestimate_running_statistics, train, train_model,
 };

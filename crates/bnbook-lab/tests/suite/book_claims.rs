@@ -326,3 +326,211 @@ fn the_training_dynamics_chapter_says_what_its_runs_show() {
         assert!(h.history.iter().all(|r| r.test_acc < 0.15));
     }
 }
+
+// ----- the chapter "Batch norm at inference and with small batches" -----
+
+/// A generated Markdown file under `book/generated/`.
+fn read_text(relative: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../book/generated")
+        .join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+#[test]
+fn the_inference_chapter_quotes_the_lenet_run_as_it_is() {
+    // "it falls from 0.851 after epoch 5 to 0.732 after epoch 6 and is back at 0.835 after epoch 8"
+    let h: History = read("lenet-bn-seed0.json");
+    let test = |epoch: usize| format!("{:.3}", h.history[epoch - 1].test_acc);
+    assert_eq!(
+        (test(5), test(6), test(8)),
+        ("0.851".into(), "0.732".into(), "0.835".into())
+    );
+}
+
+#[test]
+fn the_momentum_section_says_what_its_runs_show() {
+    let runs: Vec<serde_json::Value> = read("inference/momentum-runs.json");
+    let epochs = |r: &serde_json::Value, key: &str| -> Vec<f64> {
+        r["epochs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e[key].as_f64().unwrap())
+            .collect()
+    };
+    let seeds: Vec<u64> = runs.iter().map(|r| r["seed"].as_u64().unwrap()).collect();
+    for &seed in &seeds {
+        let of: Vec<&serde_json::Value> = runs.iter().filter(|r| r["seed"] == seed).collect();
+        // exact: momentum changes nothing in training, hence one precise column
+        for r in &of {
+            assert_eq!(
+                epochs(r, "loss"),
+                epochs(of[0], "loss"),
+                "seed {seed}: losses"
+            );
+            assert_eq!(
+                epochs(r, "test_acc_precise"),
+                epochs(of[0], "test_acc_precise")
+            );
+        }
+    }
+    let final_mean = |label: &str, key: &str| -> (f64, f64, f64) {
+        let values: Vec<f64> = runs
+            .iter()
+            .filter(|r| r["momentum"] == label)
+            .map(|r| *epochs(r, key).last().unwrap())
+            .collect();
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let (lo, hi) = values
+            .iter()
+            .fold((1.0_f64, 0.0_f64), |(a, b), &v| (a.min(v), b.max(v)));
+        (mean, lo, hi)
+    };
+    // "precise BN is also the most accurate column for every convention"
+    for label in runs.iter().map(|r| r["momentum"].as_str().unwrap()) {
+        assert!(
+            final_mean(label, "test_acc_precise").0 > final_mean(label, "test_acc_running").0,
+            "{label}"
+        );
+    }
+    // "the two readings end within each other's seed-to-seed spread"
+    let (_, lo_old, hi_old) = final_mean("old 0.9 (d2l; PyTorch 0.1)", "test_acc_running");
+    let (_, lo_new, hi_new) = final_mean("new 0.9 (seed 000's formula)", "test_acc_running");
+    assert!(lo_old <= hi_new && lo_new <= hi_old, "the ranges overlap");
+    // the exercise's 22 and 1 batches
+    let trap = read_text("inference/momentum-trap.md");
+    assert!(
+        trap.contains("| 0.1 | 22 |") && trap.contains("| 0.9 | 1 |"),
+        "{trap}"
+    );
+}
+
+#[test]
+fn the_pitfalls_and_folding_sections_say_what_their_runs_show() {
+    let rows: Vec<serde_json::Value> = read("inference/pitfalls.json");
+    let row = |start: &str| {
+        rows.iter()
+            .find(|r| r["situation"].as_str().unwrap().starts_with(start))
+            .unwrap()
+    };
+    let accs = |r: &serde_json::Value| -> Vec<f64> {
+        r["test_acc"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .collect()
+    };
+    let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+    // prediction mode: the test batch size cannot matter
+    let eval = accs(row("prediction mode, test batch 256"));
+    assert_eq!(accs(row("prediction mode, test batch 8")), eval);
+    assert_eq!(accs(row("prediction mode, one example")), eval);
+    assert!(row("training mode, one example")["refusal"].is_string());
+    // "in the small run it even beats the lagging running statistics"
+    assert!(mean(accs(row("training mode (eval forgotten), test batch 256"))) > mean(eval.clone()));
+    // folding: same predictions; costs nothing; unfolded BN costs time
+    let fold: serde_json::Value = read("inference/fold.json");
+    for d in fold["relative_difference"].as_array().unwrap() {
+        assert!(d.as_f64().unwrap() < 1e-5);
+    }
+    for pair in fold["test_acc"].as_array().unwrap() {
+        assert_eq!(pair[0], pair[1]);
+    }
+    let ms = |prefix: &str| -> f64 {
+        let t = fold["timing"].as_array().unwrap();
+        let row = t
+            .iter()
+            .find(|t| t[0].as_str().unwrap().starts_with(prefix) && t[1] == 256)
+            .unwrap();
+        row[2].as_f64().unwrap()
+    };
+    let base = ms("lenet-no-norm");
+    assert!(
+        (ms("lenet-bn-concise, BN folded") / base - 1.0).abs() < 0.1,
+        "folded within noise"
+    );
+    assert!(
+        ms("lenet-bn (scratch") > base && ms("lenet-bn-concise (fused") > base,
+        "unfolded costs"
+    );
+}
+
+#[test]
+fn the_synchronised_section_says_what_its_numbers_show() {
+    let rows: Vec<serde_json::Value> = read("inference/sync-exactness.json");
+    let get = |shape_len: usize, workers: u64, key: &str| -> f64 {
+        let r = rows
+            .iter()
+            .find(|r| r["shape"].as_array().unwrap().len() == shape_len && r["workers"] == workers)
+            .unwrap();
+        r[key].as_f64().unwrap()
+    };
+    for r in &rows {
+        assert!(
+            r["sync_output"].as_f64().unwrap() < 1e-5
+                && r["sync_input_grad"].as_f64().unwrap() < 1e-5
+        );
+        let workers = r["workers"].as_u64().unwrap();
+        if workers >= 2 {
+            assert!(r["per_worker_output"].as_f64().unwrap() > 1e-3);
+            // exercise 5: more after the fully connected layer than after the convolution
+            assert!(get(2, workers, "per_worker_output") > get(4, workers, "per_worker_output"));
+        }
+    }
+    for rank in [2, 4] {
+        assert!(get(rank, 8, "per_worker_output") > get(rank, 2, "per_worker_output"));
+    }
+}
+
+#[test]
+fn the_small_batch_sections_say_what_their_runs_show() {
+    let runs: Vec<serde_json::Value> = read("inference/small-batch-sweep.json");
+    let mean_of =
+        |runs: &[serde_json::Value], variant: &str, batch: u64, stats: u64, precise: bool| -> f64 {
+            let values: Vec<f64> = runs
+                .iter()
+                .filter(|r| {
+                    r["variant"] == variant
+                        && r["batch_size"] == batch
+                        && r["statistics_batch"] == stats
+                })
+                .map(|r| {
+                    if precise {
+                        r["test_acc_precise"].as_f64().unwrap()
+                    } else {
+                        r["history"]["history"].as_array().unwrap().last().unwrap()["test_acc"]
+                            .as_f64()
+                            .unwrap()
+                    }
+                })
+                .collect();
+            assert!(
+                !values.is_empty(),
+                "no runs of {variant} at {batch}/{stats}"
+            );
+            values.iter().sum::<f64>() / values.len() as f64
+        };
+    let (bn, renorm, frozen) = ("BN", "batch renorm (r_max 3, d_max 5)", "frozen BN");
+    // at batch 2 both remedies beat batch norm in both columns
+    for precise in [false, true] {
+        assert!(mean_of(&runs, renorm, 2, 2, precise) > mean_of(&runs, bn, 2, 2, precise));
+        assert!(mean_of(&runs, frozen, 2, 2, precise) > mean_of(&runs, bn, 2, 2, precise));
+    }
+    // "frozen BN ... falls apart" at the largest batch of the sweep
+    assert!(mean_of(&runs, frozen, 256, 256, false) < mean_of(&runs, bn, 256, 256, false) - 0.2);
+
+    let split: Vec<serde_json::Value> = read("inference/per-worker.json");
+    let ghost = |size: u64| mean_of(&split, &format!("ghost BN ({size})"), 256, size, false);
+    let sync = mean_of(&split, "sync BN (8 workers)", 256, 256, false);
+    // synchronised = 1 worker, to the three decimals of the table
+    assert_eq!(format!("{sync:.3}"), format!("{:.3}", ghost(256)));
+    // per-worker batches of 8 to 32 end above the full batch; 2 fall apart
+    for size in [8, 16, 32] {
+        assert!(ghost(size) > ghost(256), "ghost {size}");
+    }
+    for size in [4, 8, 16, 32, 64, 128, 256] {
+        assert!(ghost(2) < ghost(size), "2 per worker is the worst");
+    }
+}

@@ -11,4 +11,5 @@ mod book_claims;
 mod cli;
 mod dynamics;
 mod exercises;
+mod inference;
 mod norm_comparison;

@@ -25,6 +25,7 @@ mod mlp_demo;
 mod norms;
 mod norms_pytorch_parity;
 mod readme_output;
+mod small_batch;
 mod train_real;
 
 /// The message of the [`bnbook::Error::InvalidArgument`] that `result`
