@@ -316,7 +316,8 @@ impl Tensor {
     // ----- linear algebra -----
 
     /// Matrix product of `(n, k)` and `(k, m)` tensors, computed by a real
-    /// GEMM (see [`gemm`](super::gemm) for which one, and why).
+    /// GEMM from the `gemm` crate (chosen by measurement: see the book section
+    /// "Why it is fast" in the chapter "Autograd in a few hundred lines").
     ///
     /// # Panics
     /// If either tensor is not 2-D or the inner sizes differ.
