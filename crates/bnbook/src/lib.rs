@@ -50,6 +50,7 @@ pub mod gradcheck;
 pub mod models;
 pub mod nn;
 pub mod norms;
+mod parallel;
 pub mod plot;
 pub mod prelude;
 pub mod random;
