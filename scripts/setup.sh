@@ -7,7 +7,10 @@
 #   WANT_CHROMIUM=1 scripts/setup.sh    # CI: also the headless browser check
 #
 # Installs:
-#   ~/.cargo/bin: mdbook 0.5.4, mdbook-katex 0.10.0, evcxr_jupyter 0.22.0
+#   ~/.cargo/bin: mdbook 0.5.4, mdbook-katex 0.10.0, evcxr_jupyter 0.22.0,
+#                 wasm-bindgen-cli 0.2.130 (same version as crates/bnbook-web's wasm-bindgen)
+#   the Rust target wasm32-unknown-unknown, and the browser lab's module in
+#   book/lab/pkg/ (scripts/build_lab.sh; git-ignored)
 #   .venv/ (git-ignored): jupyterlab, nbclient, nbconvert, nbformat (pinned)
 #   the `rust` Jupyter kernelspec (evcxr_jupyter --install)
 #   Fashion-MNIST (Debian package, only when root on Debian)
@@ -19,18 +22,28 @@ export PATH="$HOME/.cargo/bin:$PATH"
 MDBOOK_VERSION=0.5.4
 MDBOOK_KATEX_VERSION=0.10.0
 EVCXR_JUPYTER_VERSION=0.22.0
+# Must equal the `wasm-bindgen = "=..."` pin in crates/bnbook-web/Cargo.toml:
+# the CLI refuses a module built by another version.
+WASM_BINDGEN_VERSION=0.2.130
 PY_PACKAGES=(jupyterlab==4.6.6 nbclient==0.11.0 nbconvert==7.17.2 nbformat==5.11.1)
 
 installed=$(cargo install --list)
 
-# need_cargo CRATE VERSION : `cargo install` only when that exact version is absent
+# need_cargo CRATE VERSION [--or-unlocked] : `cargo install` only when that
+# exact version is absent. With --or-unlocked, a failed `--locked` install
+# (a registry mirror lacking one locked dependency version) is retried with
+# the newest compatible dependencies.
 need_cargo() {
-    local crate=$1 version=$2 t0=$SECONDS
+    local crate=$1 version=$2 fallback=${3:-} t0=$SECONDS
     if grep -qx "$crate v$version:" <<<"$installed"; then
         echo "have       $crate $version"
     else
         echo "installing $crate $version (cargo install --locked) ..."
-        cargo install --locked "$crate" --version "$version"
+        if ! cargo install --locked "$crate" --version "$version"; then
+            [ "$fallback" = --or-unlocked ] || exit 1
+            echo "retrying   $crate $version without --locked ..."
+            cargo install "$crate" --version "$version"
+        fi
         echo "installed  $crate $version in $((SECONDS - t0)) s"
     fi
 }
@@ -38,6 +51,15 @@ need_cargo() {
 need_cargo mdbook "$MDBOOK_VERSION"
 need_cargo mdbook-katex "$MDBOOK_KATEX_VERSION"
 need_cargo evcxr_jupyter "$EVCXR_JUPYTER_VERSION"
+need_cargo wasm-bindgen-cli "$WASM_BINDGEN_VERSION" --or-unlocked
+
+# The browser lab: bnbook for WebAssembly (about 2 min the first time).
+if rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    echo "have       Rust target wasm32-unknown-unknown"
+else
+    rustup target add wasm32-unknown-unknown
+fi
+scripts/build_lab.sh
 
 # Python venv: the stamp records the pinned list, so changing a pin reinstalls.
 stamp=.venv/.bnbook-packages

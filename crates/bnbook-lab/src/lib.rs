@@ -33,6 +33,7 @@ pub mod exercises;
 pub mod figures;
 pub mod inference;
 pub mod report;
+pub mod web_data;
 
 /// The largest absolute difference between two arrays of the same shape
 /// (how far apart two implementations' outputs or gradients are, and how

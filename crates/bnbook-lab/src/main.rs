@@ -61,6 +61,20 @@ enum Command {
     /// evaluation pitfalls, folding, small-batch remedies, synchronised BN;
     /// the last run's duration is in book/generated/inference/run-time.md).
     Inference(InferenceArgs),
+    /// Write the Fashion-MNIST subset of the browser lab (the first 2400
+    /// training and 600 test images, 16 grey levels, gzip'd IDX files and
+    /// SHA256SUMS) into book/lab/data.
+    WebData(WebDataArgs),
+}
+
+#[derive(Args)]
+struct WebDataArgs {
+    /// Output directory.
+    #[arg(long, default_value = bnbook_lab::web_data::DEFAULT_OUT_DIR)]
+    out: PathBuf,
+    /// Directory with the four Fashion-MNIST files (searched first).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -440,6 +454,12 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Exercises(args) => exercises(args),
         Command::Dynamics(args) => dynamics(args),
         Command::Inference(args) => inference(args),
+        Command::WebData(args) => {
+            let data = load(args.data_dir.as_ref())?;
+            bnbook_lab::web_data::write_subset(&data, &args.out)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
         Command::Bench(args) => {
             if let Some(path) = &args.json {
                 check_output("--json", path, "bench.json")?;

@@ -31,8 +31,8 @@ use crate::autograd::{Tensor, build, with_wide_vectors};
 use crate::error::{Error, Result};
 pub use crate::nn::Momentum;
 use crate::nn::{BatchNormLayer, Mode, Module, check_eps, check_weight};
+use crate::parallel::*;
 use ndarray::{ArrayD, IxDyn};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Which batch variance feeds the running variance. (Normalising always

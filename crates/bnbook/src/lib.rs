@@ -31,6 +31,13 @@
 //! the `bnbook` command live in the companion crate `bnbook-lab`, so this
 //! library stays small: it is what every notebook loads.
 //!
+//! Two cargo features are on by default: `download` (fetch Fashion-MNIST
+//! when no local copy is found) and `parallel` (rayon threads in the
+//! kernels, threaded matrix products). Without them the crate builds for
+//! `wasm32-unknown-unknown` and runs every loop on the calling thread with
+//! the same numbers; the book's browser lab (`crates/bnbook-web`, chapter
+//! "Try it: batch norm in your browser") is built that way.
+//!
 //! The crate re-exports [`ndarray`] so that notebooks and examples use exactly
 //! the version the crate was built with: `use bnbook::ndarray::prelude::*;`,
 //! and [`rand`] for seeding: `use bnbook::rand::{SeedableRng, rngs::StdRng};`.
@@ -50,6 +57,7 @@ pub mod gradcheck;
 pub mod models;
 pub mod nn;
 pub mod norms;
+mod parallel;
 pub mod plot;
 pub mod prelude;
 pub mod random;

@@ -49,8 +49,8 @@
 use crate::autograd::Tensor;
 use crate::error::{Error, Result};
 use crate::nn::{Mode, Module, check_eps, check_parameter};
+use crate::parallel::*;
 use ndarray::{ArrayD, IxDyn};
-use rayon::prelude::*;
 
 /// Which of the two equivalent implementations of the standardisation a
 /// layer runs.

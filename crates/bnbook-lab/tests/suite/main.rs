@@ -13,3 +13,4 @@ mod dynamics;
 mod exercises;
 mod inference;
 mod norm_comparison;
+mod web_data;

@@ -10,8 +10,8 @@
 
 use super::gemm::{Mat, gemm};
 use super::{Tensor, kernels, with_wide_vectors};
+use crate::parallel::*;
 use ndarray::{ArrayD, IxDyn};
-use rayon::prelude::*;
 
 /// Sizes of one convolution or pooling window sweep.
 #[derive(Clone, Copy, Debug)]

@@ -17,7 +17,7 @@
 //! Each [`gemm`] call runs on the calling thread; the callers split their work
 //! over threads in fixed pieces, so results do not depend on the thread count.
 
-use rayon::prelude::*;
+use crate::parallel::*;
 
 /// A read-only matrix inside a slice: entry `(r, c)` is
 /// `data[r · row_stride + c · col_stride]`.

@@ -10,8 +10,8 @@
 //! gives blocks of `H·W` values: a plain slice loop against one number,
 //! which the compiler vectorises. Large outputs are split across threads.
 
+use crate::parallel::*;
 use ndarray::{ArrayD, IxDyn};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Outputs with fewer elements than this are computed on one thread.

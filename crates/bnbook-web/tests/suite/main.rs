@@ -1,0 +1,5 @@
+//! Tests of the browser lab's Rust side (native build).
+
+mod demo;
+mod parity;
+mod trainer;
