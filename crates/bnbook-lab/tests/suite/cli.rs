@@ -5,12 +5,9 @@
 //! The training tests need the data (CI installs the Debian package) unless
 //! `BNBOOK_SKIP_REAL_DATA=1`.
 
+use crate::skip;
 use bnbook::train::History;
 use std::process::Command;
-
-fn skip() -> bool {
-    std::env::var("BNBOOK_SKIP_REAL_DATA").is_ok_and(|v| v == "1")
-}
 
 /// Metrics without the (machine-dependent) throughput.
 fn metrics(h: &History) -> Vec<[f64; 3]> {

@@ -5,14 +5,11 @@
 //! The run needs the data (CI installs the Debian package) unless
 //! `BNBOOK_SKIP_REAL_DATA=1`.
 
+use crate::skip;
 use bnbook::data::{FashionMnist, LoadOptions};
 use bnbook_lab::dynamics::{DynamicsConfig, generate};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn skip() -> bool {
-    std::env::var("BNBOOK_SKIP_REAL_DATA").is_ok_and(|v| v == "1")
-}
 
 fn refused(config: &DynamicsConfig) -> String {
     match config.validate(&FashionMnist::blank(300)) {

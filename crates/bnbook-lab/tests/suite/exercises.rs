@@ -4,13 +4,10 @@
 //! The runs need the data (CI installs the Debian package) unless
 //! `BNBOOK_SKIP_REAL_DATA=1`.
 
+use crate::{drop_throughput, skip};
 use bnbook::data::FashionMnist;
 use bnbook_lab::exercises::{ExercisesConfig, generate};
 use std::path::Path;
-
-fn skip() -> bool {
-    std::env::var("BNBOOK_SKIP_REAL_DATA").is_ok_and(|v| v == "1")
-}
 
 #[test]
 fn bad_settings_are_refused_before_anything_is_written() {
@@ -67,17 +64,6 @@ fn contents(dir: &Path) -> Vec<(String, String)> {
         }
     }
     files
-}
-
-fn drop_throughput(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            map.remove("examples_per_sec");
-            map.values_mut().for_each(drop_throughput);
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_throughput),
-        _ => {}
-    }
 }
 
 #[test]

@@ -5,14 +5,11 @@
 //! The run needs the data (CI installs the Debian package) unless
 //! `BNBOOK_SKIP_REAL_DATA=1`.
 
+use crate::{drop_throughput, skip};
 use bnbook::data::FashionMnist;
 use bnbook_lab::inference::{InferenceConfig, generate};
 use std::path::Path;
 use std::process::Command;
-
-fn skip() -> bool {
-    std::env::var("BNBOOK_SKIP_REAL_DATA").is_ok_and(|v| v == "1")
-}
 
 fn tiny(out: &Path) -> InferenceConfig {
     InferenceConfig {
@@ -131,16 +128,4 @@ fn a_tiny_run_writes_every_file_and_repeats_bit_for_bit() {
         pitfalls.contains("| training mode, one example at a time | refused:"),
         "{pitfalls}"
     );
-}
-
-/// Removes every `examples_per_sec` entry (a timing) from a JSON value.
-fn drop_throughput(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            map.remove("examples_per_sec");
-            map.values_mut().for_each(drop_throughput);
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_throughput),
-        _ => {}
-    }
 }
