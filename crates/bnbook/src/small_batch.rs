@@ -30,13 +30,15 @@
 //! partial sums, and the sums are either kept per group (ghost) or added up
 //! across groups (synchronised).
 
-use crate::autograd::Tensor;
+use crate::autograd::{Tensor, build, with_wide_vectors};
 use crate::concise::{BatchNormOptions, ConciseBatchNorm, RunningVariance, batch_norm_fused};
 use crate::error::{Error, Result};
 use crate::models::ModelKind;
 use crate::nn::{BatchNormLayer, Mode, Module, Momentum, Sequential};
+use crate::parallel::*;
 use ndarray::{ArrayD, IxDyn};
 use rand::Rng;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Where a training batch's normalisation statistics come from.
@@ -148,25 +150,92 @@ pub struct Statistics {
     pub count: usize,
 }
 
-/// Per-channel `(Σ a, Σ b)` over the rows `rows` of an `(N, C, S)` array, in
-/// `f64`, where `f(index)` gives the pair for one value.
-fn channel_sums(
-    rows: &Range<usize>,
+/// Rows per work item of [`group_sums`]: fixed, so that the sums are always
+/// added in the same order whatever the number of threads.
+const ROWS_PER_ITEM: usize = 16;
+
+/// For each group of rows of an `(N, C, S)` layout, per channel, the sums
+/// `(Σ a, Σ b)` of `(a, b) = pair(group, channel, x, g)` over the group's
+/// values, where `x` and `g` are the values at the same index of `xs` and
+/// `gs`. Blocks of `S` values are summed in eight `f64` lanes (independent
+/// running sums, so the additions vectorise), blocks are added in `f64`, and
+/// work items of [`ROWS_PER_ITEM`] rows of one group run in parallel and are
+/// added up in order.
+fn group_sums(
+    (xs, gs): (&[f32], &[f32]),
+    groups: &[Range<usize>],
     (c, s): (usize, usize),
-    f: impl Fn(usize) -> (f64, f64),
-) -> Vec<(f64, f64)> {
-    let mut sums = vec![(0.0, 0.0); c];
-    for row in rows.clone() {
-        for (ch, sum) in sums.iter_mut().enumerate() {
-            let start = (row * c + ch) * s;
-            for i in start..start + s {
-                let (a, b) = f(i);
-                sum.0 += a;
-                sum.1 += b;
-            }
+    pair: impl Fn(usize, usize, f32, f32) -> (f64, f64) + Sync,
+) -> Vec<Vec<(f64, f64)>> {
+    let items: Vec<(usize, Range<usize>)> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(k, rows)| {
+            rows.clone()
+                .step_by(ROWS_PER_ITEM)
+                .map(move |r| (k, r..(r + ROWS_PER_ITEM).min(rows.end)))
+        })
+        .collect();
+    let partials: Vec<(usize, Vec<(f64, f64)>)> = items
+        .into_par_iter()
+        .map(|(k, rows)| {
+            let partial = with_wide_vectors(|| {
+                let mut partial = vec![(0.0, 0.0); c];
+                for row in rows {
+                    for (ch, sum) in partial.iter_mut().enumerate() {
+                        let at = (row * c + ch) * s;
+                        let (a, b) =
+                            lane_sums(&xs[at..][..s], &gs[at..][..s], |x, g| pair(k, ch, x, g));
+                        sum.0 += a;
+                        sum.1 += b;
+                    }
+                }
+                partial
+            });
+            (k, partial)
+        })
+        .collect();
+    let mut sums = vec![vec![(0.0, 0.0); c]; groups.len()];
+    for (k, partial) in partials {
+        for (total, p) in sums[k].iter_mut().zip(partial) {
+            total.0 += p.0;
+            total.1 += p.1;
         }
     }
     sums
+}
+
+/// `(Σ a, Σ b)` of `(a, b) = pair(x, g)` over two blocks of the same length,
+/// in eight running `f64` sums each.
+#[inline(always)]
+fn lane_sums(xs: &[f32], gs: &[f32], pair: impl Fn(f32, f32) -> (f64, f64)) -> (f64, f64) {
+    let (mut acc_a, mut acc_b) = ([0.0_f64; 8], [0.0_f64; 8]);
+    let (mut x_chunks, mut g_chunks) = (xs.chunks_exact(8), gs.chunks_exact(8));
+    for (xc, gc) in (&mut x_chunks).zip(&mut g_chunks) {
+        for l in 0..8 {
+            let (a, b) = pair(xc[l], gc[l]);
+            acc_a[l] += a;
+            acc_b[l] += b;
+        }
+    }
+    let (mut a, mut b) = (0.0, 0.0);
+    for (&x, &g) in x_chunks.remainder().iter().zip(g_chunks.remainder()) {
+        let (pa, pb) = pair(x, g);
+        a += pa;
+        b += pb;
+    }
+    (a + acc_a.iter().sum::<f64>(), b + acc_b.iter().sum::<f64>())
+}
+
+/// An `(N, C, S)` array of `len` values written block by block, in
+/// parallel: `fill(row, channel, at, block)` must write every value of the
+/// `S`-long block that starts at index `at`.
+fn build_by_block(
+    len: usize,
+    (c, s): (usize, usize),
+    fill: impl Fn(usize, usize, usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    build(len, s, |i, block| fill(i / c, i % c, i * s, block))
 }
 
 /// The all-reduce of synchronised batch norm: every worker's per-channel
@@ -211,15 +280,10 @@ pub fn grouped_batch_norm(
     let xv = x.value().as_standard_layout().into_owned();
     let values = xv.as_slice().expect("standard layout");
     // forward: per group, Σx and Σx² per channel (each worker alone) ...
-    let mut sums: Vec<Vec<(f64, f64)>> = groups
-        .iter()
-        .map(|rows| {
-            channel_sums(rows, (c, s), |i| {
-                let v = f64::from(values[i]);
-                (v, v * v)
-            })
-        })
-        .collect();
+    let mut sums = group_sums((values, values), groups, (c, s), |_, _, v, _| {
+        let v = f64::from(v);
+        (v, v * v)
+    });
     let mut counts: Vec<usize> = groups.iter().map(|rows| rows.len() * s).collect();
     if synchronise {
         // ... then one all-reduce: every worker holds the batch's sums
@@ -245,7 +309,7 @@ pub fn grouped_batch_norm(
         .iter()
         .map(|st| st.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect())
         .collect();
-    let (gamma, beta) = match affine {
+    let (gamma, beta): (Vec<f32>, Vec<f32>) = match affine {
         Some((g, b)) => (
             g.value().iter().copied().collect(),
             b.value().iter().copied().collect(),
@@ -253,22 +317,22 @@ pub fn grouped_batch_norm(
         None => (vec![1.0; c], vec![0.0; c]),
     };
     // which group each row belongs to
-    let group_of: Vec<usize> = groups
+    let row_group: Vec<usize> = groups
         .iter()
         .enumerate()
         .flat_map(|(k, rows)| rows.clone().map(move |_| k))
         .collect();
     let means: Vec<Vec<f32>> = statistics.iter().map(|st| st.mean.clone()).collect();
-    let (row_group, inv) = (group_of.clone(), inv_std.clone()); // for the backward pass
-    let x_hat = move |i: usize, v: f32| {
-        let (k, ch) = (group_of[i / (c * s)], (i / s) % c);
-        (v - means[k][ch]) * inv_std[k][ch]
-    };
-    let y: Vec<f32> = values
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| gamma[(i / s) % c] * x_hat(i, v) + beta[(i / s) % c])
-        .collect();
+    let inv = inv_std.clone(); // for the backward pass
+    // x̂ of a value of group k, channel ch
+    let x_hat = move |k: usize, ch: usize, v: f32| (v - means[k][ch]) * inv_std[k][ch];
+    // y = γ·x̂ + β
+    let y = build_by_block(values.len(), (c, s), |row, ch, at, block| {
+        let k = row_group[row];
+        for (out, &v) in block.iter_mut().zip(&values[at..]) {
+            out.write(gamma[ch] * x_hat(k, ch, v) + beta[ch]);
+        }
+    });
     let y = ArrayD::from_shape_vec(IxDyn(&shape), y).expect("same size");
 
     let parents = match affine {
@@ -281,56 +345,45 @@ pub fn grouped_batch_norm(
         let xv = xv.as_slice().expect("standard layout");
         let g = ctx.grad.as_standard_layout();
         let g = g.as_slice().expect("standard layout");
-        // per group, Σg and Σg·x̂ per channel, all-reduced when synchronised
-        let mut sums: Vec<Vec<(f64, f64)>> = groups
-            .iter()
-            .map(|rows| {
-                channel_sums(rows, (c, s), |i| {
-                    let gi = f64::from(g[i]);
-                    (gi, gi * f64::from(x_hat(i, xv[i])))
-                })
-            })
-            .collect();
-        if synchronise {
-            sums = all_reduce(&sums);
-        }
+        // per group, Σg and Σg·x̂ per channel ...
+        let own = group_sums((xv, g), &groups, (c, s), |k, ch, x, g| {
+            (f64::from(g), f64::from(g * x_hat(k, ch, x)))
+        });
+        // ... all-reduced when synchronised
+        let sums = if synchronise {
+            all_reduce(&own)
+        } else {
+            own.clone()
+        };
         let dx = ctx.needs(0).then(|| {
-            let dx: Vec<f32> = (0..xv.len())
-                .map(|i| {
-                    let (ch, k) = ((i / s) % c, row_group[i / (c * s)]);
-                    let m = counts[k] as f64;
-                    let (sg, sgx) = sums[k][ch];
-                    // ∂L/∂x = γ·inv · (g − Σg/m − x̂·Σg·x̂/m)
-                    let d = f64::from(g[i]) - sg / m - f64::from(x_hat(i, xv[i])) * sgx / m;
-                    (f64::from(gamma[ch] * inv[k][ch]) * d) as f32
-                })
-                .collect();
+            let dx = build_by_block(xv.len(), (c, s), |row, ch, at, block| {
+                let k = row_group[row];
+                let m = counts[k] as f64;
+                let (sg, sgx) = ((sums[k][ch].0 / m) as f32, (sums[k][ch].1 / m) as f32);
+                // ∂L/∂x = γ·inv · (g − Σg/m − x̂·Σg·x̂/m)
+                let scale = gamma[ch] * inv[k][ch];
+                for ((d, &xi), &gi) in block.iter_mut().zip(&xv[at..]).zip(&g[at..]) {
+                    d.write(scale * (gi - sg - x_hat(k, ch, xi) * sgx));
+                }
+            });
             ArrayD::from_shape_vec(IxDyn(ctx.input(0).shape()), dx).expect("same size")
         });
         let mut grads = vec![dx];
         if ctx.inputs.len() == 3 {
-            // ∂L/∂γ = Σ g·x̂ and ∂L/∂β = Σ g over every row of the batch
-            let whole = channel_sums(&(0..group_of_len(&groups)), (c, s), |i| {
-                let gi = f64::from(g[i]);
-                (gi * f64::from(x_hat(i, xv[i])), gi)
-            });
+            // ∂L/∂γ = Σ g·x̂ and ∂L/∂β = Σ g over every group's own rows
             let column = |f: fn(&(f64, f64)) -> f64| {
-                ArrayD::from_shape_vec(IxDyn(&[c]), whole.iter().map(|p| f(p) as f32).collect())
+                let total = (0..c).map(|ch| own.iter().map(|sums| f(&sums[ch])).sum::<f64>());
+                ArrayD::from_shape_vec(IxDyn(&[c]), total.map(|v| v as f32).collect())
                     .expect("c values")
             };
-            grads.push(ctx.needs(1).then(|| column(|p| p.0)));
-            grads.push(ctx.needs(2).then(|| column(|p| p.1)));
+            grads.push(ctx.needs(1).then(|| column(|p| p.1)));
+            grads.push(ctx.needs(2).then(|| column(|p| p.0)));
         }
         grads
     });
     Ok((out, statistics))
 }
 // ANCHOR_END: grouped
-
-/// The number of rows the groups cover (they are checked to be `0..N`).
-fn group_of_len(groups: &[Range<usize>]) -> usize {
-    groups.last().map_or(0, |r| r.end)
-}
 
 fn check_groups(
     shape: &[usize],
