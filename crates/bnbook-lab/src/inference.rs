@@ -669,7 +669,7 @@ pub struct Folding {
 /// If a forward pass fails.
 pub fn folding(trained: &[Trained], test: &Split, repeats: usize) -> Result<Folding> {
     let (mut relative_difference, mut test_acc) = (Vec::new(), Vec::new());
-    let x = Tensor::new(test.images.clone().into_dyn());
+    let x = Tensor::new(test.images().into_dyn());
     for (_, net) in trained {
         let mut unfolded = twin(net)?;
         let mut folded = fold_batch_norm(twin(net)?)?;

@@ -44,9 +44,8 @@ fn idx_files(split: &Split, n: usize) -> (Vec<u8>, Vec<u8>) {
     for word in [IMAGES_MAGIC, n as u32, IMAGE_SIDE as u32, IMAGE_SIDE as u32] {
         images.extend_from_slice(&word.to_be_bytes());
     }
-    // The loader stored p / 255 exactly; round back to the byte.
-    let pixels = split.images.slice(ndarray::s![..n, .., .., ..]);
-    images.extend(pixels.iter().map(|&v| quantize((v * 255.0).round() as u8)));
+    let pixels = split.pixels.slice(ndarray::s![..n, .., .., ..]);
+    images.extend(pixels.iter().map(|&p| quantize(p)));
     let mut labels = Vec::with_capacity(8 + n);
     for word in [LABELS_MAGIC, n as u32] {
         labels.extend_from_slice(&word.to_be_bytes());

@@ -79,7 +79,7 @@ pub fn load_subset(files: [&[u8]; 4]) -> Result<FashionMnist> {
             )));
         }
         Ok(Split {
-            images: pixels_to_array(pixels, count),
+            pixels: pixels_to_array(pixels, count),
             labels: labels.to_vec(),
         })
     };

@@ -13,6 +13,7 @@
 
 use bnbook::autograd::Tensor;
 use bnbook::concise::BatchNorm1d;
+use bnbook::data::idx::pixels_to_unit;
 use bnbook::data::{BatchOptions, FashionMnist};
 use bnbook::error::{Error, Result};
 use bnbook::nn::{
@@ -138,7 +139,7 @@ impl Trainer {
             }
             let indices = &self.order[self.cursor..self.cursor + b];
             self.cursor += b;
-            let images = self.data.train.images.select(Axis(0), indices);
+            let images = pixels_to_unit(&self.data.train.pixels.select(Axis(0), indices));
             let labels: Vec<usize> = indices
                 .iter()
                 .map(|&i| usize::from(self.data.train.labels[i]))

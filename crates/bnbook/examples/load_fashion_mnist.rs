@@ -41,11 +41,12 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Mean and (population) standard deviation of all pixels, summed in `f64`.
+/// Mean and (population) standard deviation of all pixels as the network
+/// sees them (`p / 255`), summed in `f64`.
 fn pixel_mean_std(split: &Split) -> (f64, f64) {
-    let n = split.images.len() as f64;
-    let (sum, sum_sq) = split.images.iter().fold((0.0f64, 0.0f64), |(s, s2), &p| {
-        let p = f64::from(p);
+    let n = split.pixels.len() as f64;
+    let (sum, sum_sq) = split.pixels.iter().fold((0.0f64, 0.0f64), |(s, s2), &p| {
+        let p = f64::from(f32::from(p) / 255.0);
         (s + p, s2 + p * p)
     });
     let mean = sum / n;

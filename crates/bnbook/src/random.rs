@@ -21,3 +21,15 @@ pub fn random_input(shape: &[usize], low: f32, high: f32, seed: u64) -> ArrayD<f
         &mut rng,
     )
 }
+/// `n` random 28×28 grey images, shape `(n, 1, 28, 28)`, pixel bytes drawn
+/// uniformly from `0..=255`, the same for the same `seed`: a stand-in for
+/// Fashion-MNIST in tests that need data of the right shape, not real
+/// pictures.
+pub fn random_pixels(n: usize, seed: u64) -> ndarray::Array4<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    ndarray::Array4::random_using(
+        (n, 1, 28, 28),
+        Uniform::new_inclusive(0_u8, 255).expect("0 <= 255"),
+        &mut rng,
+    )
+}

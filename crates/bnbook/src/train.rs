@@ -383,13 +383,10 @@ mod tests {
 
     use crate::error::refusal;
 
-    /// `n` random images (pixels uniform in [0, 1)) in both splits.
+    /// `n` random images (pixel bytes uniform in 0..=255) in both splits.
     fn random_data(n: usize) -> FashionMnist {
-        let images = crate::random::random_input(&[n, 1, 28, 28], 0.0, 1.0, 5)
-            .into_dimensionality()
-            .expect("rank 4");
         let split = Split {
-            images,
+            pixels: crate::random::random_pixels(n, 5),
             labels: (0..n).map(|i| (i % 10) as u8).collect(),
         };
         FashionMnist {

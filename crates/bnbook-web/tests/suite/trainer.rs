@@ -17,7 +17,7 @@ fn files() -> Vec<Vec<u8>> {
 fn the_shipped_subset_loads_and_matches_its_checksums() {
     let f = files();
     let data = load_subset([&f[0], &f[1], &f[2], &f[3]]).unwrap();
-    assert_eq!(data.train.images.shape(), &[2400, 1, 28, 28]);
+    assert_eq!(data.train.pixels.shape(), &[2400, 1, 28, 28]);
     assert_eq!(data.test.labels.len(), 600);
 }
 

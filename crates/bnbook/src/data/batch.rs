@@ -5,6 +5,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use super::idx::pixels_to_unit;
 use super::{DataError, Split};
 
 /// What to do with the last batch when the number of examples is not a
@@ -123,7 +124,7 @@ impl ExactSizeIterator for Batches<'_> {}
 /// Copies the examples at `indices` into a new batch.
 fn gather(split: &Split, indices: &[usize]) -> Batch {
     Batch {
-        images: split.images.select(Axis(0), indices),
+        images: pixels_to_unit(&split.pixels.select(Axis(0), indices)),
         labels: indices
             .iter()
             .map(|&i| usize::from(split.labels[i]))
@@ -188,9 +189,17 @@ impl Split {
     pub fn head(&self, n: usize) -> Split {
         let n = n.min(self.len());
         Split {
-            images: self.images.slice_axis(Axis(0), (0..n).into()).to_owned(),
+            pixels: self.pixels.slice_axis(Axis(0), (0..n).into()).to_owned(),
             labels: self.labels[..n].to_vec(),
         }
+    }
+
+    /// All the images as the network sees them: `f32` in `[0, 1]`, shape
+    /// `(n, 1, 28, 28)`. This allocates four bytes per pixel (31 MB for the
+    /// test set); training and evaluation convert one mini-batch at a time
+    /// instead ([`Split::batches`]).
+    pub fn images(&self) -> Array4<f32> {
+        pixels_to_unit(&self.pixels)
     }
 
     /// Iterates over mini-batches of `batch_size` examples.
@@ -256,7 +265,7 @@ impl Split {
         if batch_size == 0 {
             return Err(DataError::ZeroBatchSize);
         }
-        let images = self.images.len_of(Axis(0));
+        let images = self.pixels.len_of(Axis(0));
         if images != self.labels.len() {
             return Err(DataError::InconsistentSplit {
                 images,

@@ -273,20 +273,26 @@ pub fn parse_labels<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], DataEr
     Ok(labels)
 }
 
-/// Converts the first `count` images' pixel bytes (0..=255) to `f32` in
-/// `[0, 1]`, shaped `(count, 1, 28, 28)`: one grey channel per image.
+/// The first `count` images' pixel bytes (0..=255), shaped
+/// `(count, 1, 28, 28)`: one grey channel per image.
 ///
 /// # Panics
 ///
 /// If `pixels` holds fewer than `count` images; [`parse_images`] returns a
 /// slice and count that always fit.
-pub fn pixels_to_array(pixels: &[u8], count: usize) -> Array4<f32> {
-    let values: Vec<f32> = pixels[..count * PIXELS_PER_IMAGE]
-        .iter()
-        .map(|&p| f32::from(p) / 255.0)
-        .collect();
+pub fn pixels_to_array(pixels: &[u8], count: usize) -> Array4<u8> {
+    let values = pixels[..count * PIXELS_PER_IMAGE].to_vec();
     Array4::from_shape_vec((count, 1, IMAGE_SIDE, IMAGE_SIDE), values)
         .expect("the length is count * 28 * 28 by construction")
+}
+
+/// Pixel bytes as the network sees them: `f32` in `[0, 1]`, `p / 255`.
+pub fn pixels_to_unit<S, D>(pixels: &ndarray::ArrayBase<S, D>) -> ndarray::Array<f32, D>
+where
+    S: ndarray::Data<Elem = u8>,
+    D: ndarray::Dimension,
+{
+    pixels.mapv(|p| f32::from(p) / 255.0)
 }
 
 /// Reads and checks an IDX images file (plain or `.gz`), without checksum.
@@ -299,7 +305,7 @@ pub fn pixels_to_array(pixels: &[u8], count: usize) -> Array4<f32> {
 pub fn read_images(path: &Path) -> Result<Array4<f32>, DataError> {
     let bytes = read_decompressed(path, is_gz_path(path))?;
     let (count, pixels) = parse_images(path, &bytes)?;
-    Ok(pixels_to_array(pixels, count))
+    Ok(pixels_to_unit(&pixels_to_array(pixels, count)))
 }
 
 /// Reads and checks an IDX labels file (plain or `.gz`), without checksum.

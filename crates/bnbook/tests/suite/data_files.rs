@@ -52,21 +52,18 @@ fn loads_plain_files() {
 
     assert_eq!(loaded.train.len(), 30);
     assert_eq!(loaded.test.len(), 12);
-    assert_eq!(loaded.train.images.dim(), (30, 1, 28, 28));
-    assert_eq!(loaded.test.images.dim(), (12, 1, 28, 28));
+    assert_eq!(loaded.train.pixels.dim(), (30, 1, 28, 28));
+    assert_eq!(loaded.test.pixels.dim(), (12, 1, 28, 28));
     let expected_labels: Vec<u8> = (0..30).map(|i| (i % 10) as u8).collect();
     assert_eq!(loaded.train.labels, expected_labels);
-    // Pixel bytes become byte / 255, row-major.
-    assert_eq!(loaded.train.images[[5, 0, 0, 0]], 5.0 / 255.0);
+    // Pixel bytes are kept row-major, and the network sees byte / 255.
+    assert_eq!(loaded.train.pixels[[5, 0, 0, 0]], 5);
     let byte = data.train_images[16 + 7 * 784 + 28 + 3];
-    assert_eq!(loaded.train.images[[7, 0, 1, 3]], f32::from(byte) / 255.0);
-    assert!(
-        loaded
-            .train
-            .images
-            .iter()
-            .all(|&p| (0.0..=1.0).contains(&p))
-    );
+    assert_eq!(loaded.train.pixels[[7, 0, 1, 3]], byte);
+    let images = loaded.train.images();
+    assert_eq!(images[[5, 0, 0, 0]], 5.0 / 255.0);
+    assert_eq!(images[[7, 0, 1, 3]], f32::from(byte) / 255.0);
+    assert!(images.iter().all(|&p| (0.0..=1.0).contains(&p)));
 }
 
 #[test]
@@ -109,7 +106,7 @@ fn limit_keeps_the_first_examples_of_each_split() {
     data.write(dir.path(), true);
     let loaded = FashionMnist::load(&options_for(dir.path(), &data).with_limit(8)).unwrap();
     assert_eq!((loaded.train.len(), loaded.test.len()), (8, 8));
-    assert_eq!(loaded.train.images.dim(), (8, 1, 28, 28));
+    assert_eq!(loaded.train.pixels.dim(), (8, 1, 28, 28));
     assert_eq!(loaded.train.labels, vec![0, 1, 2, 3, 4, 5, 6, 7]);
 }
 
@@ -539,12 +536,19 @@ fn search_order_puts_the_explicit_directory_first_without_duplicates() {
 
 // ------------------------------------------------------------------- batching
 
-/// A split of `n` examples where image `i` is filled with `i` and has label
-/// `i % 10`, so a batch reveals which examples it holds.
+/// A split of `n` (at most 256) examples where every pixel of image `i` is
+/// the byte `i` and its label is `i % 10`, so a batch reveals which examples
+/// it holds ([`example_number`]).
 fn numbered_split(n: usize) -> Split {
-    let images = Array4::from_shape_fn((n, 1, 28, 28), |(i, _, _, _)| i as f32);
+    assert!(n <= 256, "one byte numbers at most 256 images");
+    let pixels = Array4::from_shape_fn((n, 1, 28, 28), |(i, _, _, _)| i as u8);
     let labels = (0..n).map(|i| (i % 10) as u8).collect();
-    Split { images, labels }
+    Split { pixels, labels }
+}
+
+/// The number of an image of [`numbered_split`] in a batch (pixel `i / 255`).
+fn example_number(image_value: f32) -> usize {
+    (image_value * 255.0).round() as usize
 }
 
 /// The example numbers in each batch.
@@ -556,7 +560,7 @@ fn batch_indices(split: &Split, batch_size: usize, options: &BatchOptions) -> Ve
             let ids: Vec<usize> = batch
                 .images
                 .axis_iter(Axis(0))
-                .map(|image| image[[0, 0, 0]] as usize)
+                .map(|image| example_number(image[[0, 0, 0]]))
                 .collect();
             let labels: Vec<usize> = ids.iter().map(|i| i % 10).collect();
             assert_eq!(batch.labels, labels, "labels travel with their images");
@@ -744,11 +748,11 @@ fn batches_are_copies_of_the_selected_rows() {
     for (row, image) in batch.images.axis_iter(Axis(0)).enumerate() {
         // The first pixel of synthetic image i is i / 255.
         let i = (image[[0, 0, 0]] * 255.0).round() as usize;
-        assert_eq!(image, train.images.index_axis(Axis(0), i));
+        assert_eq!(image, train.images().index_axis(Axis(0), i));
         assert_eq!(batch.labels[row], usize::from(train.labels[i]));
     }
     batch.images.fill(0.0);
-    assert_ne!(train.images.sum(), 0.0, "the split is untouched");
+    assert_ne!(train.pixels.sum(), 0, "the split is untouched");
 }
 
 #[test]
@@ -757,7 +761,7 @@ fn head_takes_the_first_examples() {
     let head = split.head(3);
     assert_eq!(head.len(), 3);
     assert_eq!(head.labels, [0, 1, 2]);
-    assert_eq!(head.images[[2, 0, 5, 5]], 2.0);
+    assert_eq!(head.pixels[[2, 0, 5, 5]], 2);
     assert_eq!(split.head(99).len(), 10);
 }
 

@@ -36,8 +36,8 @@ fn counts_and_shapes() {
     let Some(data) = real_data() else { return };
     assert_eq!(data.train.len(), 60_000);
     assert_eq!(data.test.len(), 10_000);
-    assert_eq!(data.train.images.dim(), (60_000, 1, 28, 28));
-    assert_eq!(data.test.images.dim(), (10_000, 1, 28, 28));
+    assert_eq!(data.train.pixels.dim(), (60_000, 1, 28, 28));
+    assert_eq!(data.test.pixels.dim(), (10_000, 1, 28, 28));
 }
 
 #[test]
@@ -74,7 +74,7 @@ fn classes_are_balanced() {
 #[test]
 fn training_pixel_mean_and_std() {
     let Some(data) = real_data() else { return };
-    let images = &data.train.images;
+    let images = &data.train.images();
     let n = images.len() as f64;
     let mean = images.iter().map(|&p| f64::from(p)).sum::<f64>() / n;
     let variance = images

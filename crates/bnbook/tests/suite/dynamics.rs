@@ -17,7 +17,7 @@ use bnbook::ndarray::{ArrayD, IxDyn};
 use bnbook::nn::{
     Conv2d, DistributionNoise, Dropout, Linear, Mode, Module, NoiseOptions, Sequential, Sigmoid,
 };
-use bnbook::random::random_input;
+use bnbook::random::{random_input, random_pixels};
 use bnbook::scratch::BatchNorm;
 use bnbook::train::{TrainConfig, train};
 use rand::SeedableRng;
@@ -229,9 +229,7 @@ fn the_landscape_probe_leaves_the_network_as_it_found_it() {
 /// `n` random images with labels 0..9, the same in both splits.
 fn random_data(n: usize) -> FashionMnist {
     let mut data = FashionMnist::blank(n);
-    data.train.images = random_input(&[n, 1, 28, 28], 0.0, 1.0, 5)
-        .into_dimensionality()
-        .unwrap();
+    data.train.pixels = random_pixels(n, 5);
     data.train.labels = (0..n).map(|i| (i % 10) as u8).collect();
     data.test = data.train.clone();
     data
