@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Generate PyTorch reference fixtures for the bnbook normalisation tests.
 
-Writes two files into crates/bnbook/tests/fixtures/:
+Writes three files into crates/bnbook/tests/fixtures/:
 
 * batchnorm_pytorch.json: a few small batch-norm cases (torch.nn.BatchNorm1d /
   BatchNorm2d, and a from-scratch batch norm with d2l's conventions), each run
   for three training steps and one evaluation step, with inputs, outputs,
   gradients and running statistics;
 * norms_pytorch.json: small torch.nn.LayerNorm / InstanceNorm2d / GroupNorm
-  cases, one forward and backward pass each.
+  cases, one forward and backward pass each;
+* fold_pytorch.json: a convolution or linear layer followed by batch norm in
+  evaluation mode, folded into one layer by torch.nn.utils.fusion
+  (fuse_conv_bn_eval / fuse_linear_bn_eval).
 
 The Rust tests read these files; they never run Python. This script is run by
 hand, not in CI.
@@ -50,6 +53,21 @@ of a freshly built module, loss = (y * grad_y).sum():
 These modules keep no running statistics: the script checks that the
 evaluation-mode output equals the training-mode one bit for bit.
 
+fold_pytorch.json: each case is one layer and the batch norm after it, both in
+evaluation mode, and PyTorch's folded layer:
+  name,
+  layer           "Conv2d" | "Linear"
+  source          "torch.nn.utils.fusion.fuse_conv_bn_eval" | "...fuse_linear_bn_eval"
+  shape           input shape, (N, C, H, W) or (N, in_features)
+  weight, bias    the layer's parameters in PyTorch's layout: (O, C, K, K) or
+                  (out_features, in_features); bias null for bias=False
+  eps, affine, gamma, beta (null when affine is false),
+  running_mean, running_var   the batch norm's statistics (random, var > 0)
+  x               the input
+  y               batch_norm(layer(x)) in evaluation mode, unfolded
+  folded_weight, folded_bias   the fused layer's parameters (same layouts)
+  y_folded        the fused layer's output on x
+
 Versions used to generate the committed JSON files:
 
     Python 3.11.7, torch 2.15.0 (PyPI default wheel, reports 2.15.0+cu132,
@@ -87,6 +105,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / "crates" / "bnbook" / "tests" / "fixtures"
 DEFAULT_OUT = FIXTURES / "batchnorm_pytorch.json"
 DEFAULT_NORMS_OUT = FIXTURES / "norms_pytorch.json"
+DEFAULT_FOLD_OUT = FIXTURES / "fold_pytorch.json"
 GENERATOR = "scripts/gen_fixtures.py"
 EXPECTED_VERSIONS = {"torch": "2.15.0", "numpy": "2.4.6"}
 TRAIN_STEPS = 3
@@ -434,6 +453,109 @@ def build_norms() -> dict:
 
 
 # --------------------------------------------------------------------------
+# Folding batch norm into the layer before it
+# --------------------------------------------------------------------------
+
+
+def fold_case(name: str, seed: int, layer: str, shape, out: int, bias: bool = True,
+              affine: bool = True) -> dict:
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    rng = np.random.default_rng(seed)
+    if layer == "Conv2d":
+        module = torch.nn.Conv2d(shape[1], out, kernel_size=3, bias=bias)
+        bn = torch.nn.BatchNorm2d(out, eps=EPS, affine=affine)
+        fuse, source = fuse_conv_bn_eval, "torch.nn.utils.fusion.fuse_conv_bn_eval"
+    else:
+        module = torch.nn.Linear(shape[1], out, bias=bias)
+        bn = torch.nn.BatchNorm1d(out, eps=EPS, affine=affine)
+        fuse, source = fuse_linear_bn_eval, "torch.nn.utils.fusion.fuse_linear_bn_eval"
+    with torch.no_grad():
+        module.weight.copy_(normal(rng, tuple(module.weight.shape), 0.0, 0.5))
+        if bias:
+            module.bias.copy_(normal(rng, (out,), 0.0, 0.5))
+        if affine:
+            gamma, beta = affine_init(rng, out)
+            bn.weight.copy_(gamma)
+            bn.bias.copy_(beta)
+        bn.running_mean.copy_(normal(rng, (out,), 0.5, 1.0))
+        bn.running_var.copy_(uniform(rng, out, 0.2, 3.0))
+    module.eval()
+    bn.eval()
+    x = normal(rng, shape, 0.5, 1.0)
+    with torch.no_grad():
+        y = bn(module(x))
+        fused = fuse(module, bn)
+        y_folded = fused(x)
+    return {
+        "name": name,
+        "layer": layer,
+        "source": source,
+        "shape": list(shape),
+        "weight": flat(module.weight),
+        "bias": flat(module.bias) if bias else None,
+        "eps": EPS,
+        "affine": affine,
+        "gamma": flat(bn.weight) if affine else None,
+        "beta": flat(bn.bias) if affine else None,
+        "running_mean": flat(bn.running_mean),
+        "running_var": flat(bn.running_var),
+        "x": flat(x),
+        "y": flat(y),
+        "folded_weight": flat(fused.weight),
+        "folded_bias": flat(fused.bias),
+        "y_folded": flat(y_folded),
+    }
+
+
+def build_fold() -> dict:
+    cases = [
+        fold_case("conv_bn", 401, "Conv2d", (2, 3, 6, 6), 4),
+        fold_case("conv_no_bias_bn", 402, "Conv2d", (2, 2, 5, 5), 3, bias=False),
+        fold_case("conv_bn_no_affine", 403, "Conv2d", (1, 2, 5, 5), 3, affine=False),
+        fold_case("linear_bn", 411, "Linear", (5, 6), 4),
+        fold_case("linear_no_bias_bn", 412, "Linear", (3, 4), 5, bias=False),
+    ]
+    return fixture_file(cases)
+
+
+def verify_fold(path: Path) -> None:
+    """Recomputes every case in float64 numpy: W' = s·W, b' = s·(b − μ) + β
+    with s = γ / sqrt(σ² + ε), and both outputs."""
+    data = json.loads(path.read_text())
+    assert data["generator"] == GENERATOR
+    for case in data["cases"]:
+        n, shape = case["name"], tuple(case["shape"])
+        w = np.array(case["weight"], dtype=np.float64)
+        out = len(case["running_mean"])
+        w = w.reshape(out, -1)
+        b = np.array(case["bias"] if case["bias"] is not None else [0.0] * out)
+        gamma = np.array(case["gamma"] if case["affine"] else [1.0] * out)
+        beta = np.array(case["beta"] if case["affine"] else [0.0] * out)
+        mean, var = np.array(case["running_mean"]), np.array(case["running_var"])
+        s = gamma / np.sqrt(var + case["eps"])
+        close(f"{n} folded_weight", case["folded_weight"], (s[:, None] * w).reshape(-1))
+        close(f"{n} folded_bias", case["folded_bias"], s * (b - mean) + beta)
+        x = np.array(case["x"]).reshape(shape)
+        if case["layer"] == "Conv2d":
+            k = 3
+            oh, ow = shape[2] - k + 1, shape[3] - k + 1
+            cols = np.stack(
+                [x[:, :, i:i + k, j:j + k].reshape(shape[0], -1) for i in range(oh) for j in range(ow)],
+                axis=2,
+            )  # (N, C·K·K, OH·OW)
+            z = np.einsum("of,nfp->nop", w, cols) + b[None, :, None]
+            y = (s[None, :, None] * (z - mean[None, :, None]) + beta[None, :, None])
+        else:
+            z = x @ w.T + b
+            y = s * (z - mean) + beta
+        close(f"{n} y", case["y"], y.reshape(-1))
+        close(f"{n} y_folded", case["y_folded"], y.reshape(-1))
+        print(f"ok  {n}")
+    print(f"verified {len(data['cases'])} cases in {path}")
+
+
+# --------------------------------------------------------------------------
 # The fixture files
 # --------------------------------------------------------------------------
 
@@ -669,17 +791,23 @@ def main() -> None:
         "--norms-out", type=Path, default=DEFAULT_NORMS_OUT,
         help="layer/instance/group-norm JSON path",
     )
+    ap.add_argument(
+        "--fold-out", type=Path, default=DEFAULT_FOLD_OUT, help="batch-norm folding JSON path",
+    )
     ap.add_argument("--verify", action="store_true", help="only re-check the existing files")
     args = ap.parse_args()
     if not args.verify:
         setup_torch()
         warn_on_version_drift()
-        for out, contents in ((args.out, build), (args.norms_out, build_norms)):
+        for out, contents in (
+            (args.out, build), (args.norms_out, build_norms), (args.fold_out, build_fold),
+        ):
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(dumps(contents()) + "\n")
             print(f"wrote {out} ({out.stat().st_size} bytes)")
     verify(args.out)
     verify_norms(args.norms_out)
+    verify_fold(args.fold_out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ mod data_env;
 mod data_files;
 mod data_real;
 mod dynamics;
+mod fold_pytorch_parity;
 mod gradcheck_catches_bugs;
 mod gradcheck_layers;
 mod gradcheck_ops;
