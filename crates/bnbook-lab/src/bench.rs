@@ -5,6 +5,7 @@
 //! forward passes on a fixed batch, after warm-up, and reports medians.
 
 use bnbook::Tensor;
+use bnbook::autograd::no_grad;
 use bnbook::error::Result;
 use bnbook::models::ModelKind;
 use bnbook::nn::{Mode, Module, Sgd};
@@ -104,7 +105,8 @@ pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<Benc
         sgd.zero_grad(&params);
         drop(loss);
         let trained = Instant::now();
-        let logits = net.forward(&x, Mode::Eval)?;
+        // evaluation as `train::evaluate` runs it: no graph (torch.no_grad())
+        let logits = no_grad(|| net.forward(&x, Mode::Eval))?;
         drop(logits);
         let evaluated = Instant::now();
         if i >= warm_up {

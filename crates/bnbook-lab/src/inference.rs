@@ -22,6 +22,7 @@ use crate::bench::median;
 use crate::compare::{mean, mean_and_range, scaled_lr};
 use crate::report::{Manifest, Writer, plural};
 use bnbook::Tensor;
+use bnbook::autograd::no_grad;
 use bnbook::concise::{BatchNorm1d, BatchNorm2d, BatchNormOptions, ConciseBatchNorm};
 use bnbook::data::{FashionMnist, Split};
 use bnbook::error::{Error, Result};
@@ -709,7 +710,7 @@ pub fn folding(trained: &[Trained], test: &Split, repeats: usize) -> Result<Fold
         for round in 0..=repeats {
             for ((_, net), t) in nets.iter_mut().zip(&mut times) {
                 let start = Instant::now();
-                drop(net.forward(&input, Mode::Eval)?);
+                drop(no_grad(|| net.forward(&input, Mode::Eval))?);
                 if round > 0 {
                     t.push(start.elapsed().as_secs_f64() * 1e3);
                 }

@@ -11,7 +11,7 @@
 //! throughput in examples per second (training time only, evaluation
 //! excluded).
 
-use crate::autograd::Tensor;
+use crate::autograd::{Tensor, no_grad};
 use crate::data::{BatchOptions, FashionMnist, LastBatch, Split};
 use crate::error::Result;
 use crate::models::ModelKind;
@@ -297,7 +297,9 @@ pub fn evaluate(net: &mut Sequential, split: &Split, batch_size: usize) -> Resul
     }
     let (mut correct, mut seen) = (0, 0);
     for batch in split.batches(batch_size, &BatchOptions::default())? {
-        let logits = net.forward(&Tensor::new(batch.images.into_dyn()), Mode::Eval)?;
+        // no graph: nothing is differentiated here (PyTorch's torch.no_grad())
+        let x = Tensor::new(batch.images.into_dyn());
+        let logits = no_grad(|| net.forward(&x, Mode::Eval))?;
         correct += count_correct(&logits, &batch.labels)?;
         seen += batch.labels.len();
     }

@@ -45,6 +45,47 @@ use std::collections::HashSet;
 use std::fmt;
 use std::rc::Rc;
 
+thread_local! {
+    /// Whether operations on this thread record the graph (see [`no_grad`]).
+    static RECORDING: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether operations on this thread currently record the graph: `true`,
+/// except inside [`no_grad`].
+pub fn is_recording() -> bool {
+    RECORDING.with(std::cell::Cell::get)
+}
+
+/// Runs `f` without recording the graph, like PyTorch's `torch.no_grad()`:
+/// every operation inside returns a constant, so nothing can be
+/// differentiated, and each intermediate array is freed as soon as the next
+/// operation has used it instead of being kept for a backward pass.
+/// Evaluation ([`crate::train::evaluate`]) runs this way. The values computed
+/// are exactly the same; recording resumes afterwards (also if `f` panics).
+///
+/// ```
+/// use bnbook::Tensor;
+/// use bnbook::autograd::no_grad;
+/// use bnbook::ndarray::array;
+///
+/// let w = Tensor::parameter(array![2.0_f32].into_dyn());
+/// let y = no_grad(|| &w * &w);
+/// assert!(!y.requires_grad());
+/// assert_eq!(y.item(), 4.0);
+/// assert!((&w * &w).requires_grad(), "recording again");
+/// ```
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the previous setting when dropped, even while unwinding.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            RECORDING.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(RECORDING.with(|r| r.replace(false)));
+    f()
+}
+
 /// What an operation's backward closure receives.
 ///
 /// `grad` is ∂loss/∂output (same shape as `output`); `inputs` are the values
@@ -135,8 +176,8 @@ impl Tensor {
     ///
     /// `value` is the forward result, `parents` the tensors it was computed
     /// from and `backward` its vector–Jacobian product. If no parent needs a
-    /// gradient the graph is not extended at all (the result is a constant),
-    /// so evaluation without parameters costs no bookkeeping.
+    /// gradient, or inside [`no_grad`], the graph is not extended at all (the
+    /// result is a constant), so such computations cost no bookkeeping.
     ///
     /// This is public so that readers can add their own operations, as the
     /// book does for the fused batch-norm layer.
@@ -147,7 +188,7 @@ impl Tensor {
         backward: impl Fn(&BackwardContext) -> Vec<Option<ArrayD<f32>>> + 'static,
     ) -> Tensor {
         let requires_grad = parents.iter().any(|p| p.requires_grad());
-        if !requires_grad {
+        if !requires_grad || !is_recording() {
             return Tensor::new(value);
         }
         Tensor(Rc::new(Node {
@@ -408,6 +449,20 @@ impl From<ArrayD<f32>> for Tensor {
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn no_grad_records_nothing_computes_the_same_and_always_restores() {
+        let w = Tensor::parameter(array![1.5_f32, -2.0].into_dyn());
+        let recorded = (&w * &w).sum_all();
+        let unrecorded = no_grad(|| (&w * &w).sum_all());
+        assert!(recorded.requires_grad() && !unrecorded.requires_grad());
+        assert_eq!(recorded.item(), unrecorded.item());
+        assert!(is_recording());
+        let unwound = std::panic::catch_unwind(|| no_grad(|| panic!("inside no_grad")));
+        assert!(unwound.is_err());
+        assert!(is_recording(), "recording resumes after a panic");
+        assert!(!no_grad(|| no_grad(is_recording) || is_recording()));
+    }
 
     #[test]
     fn per_step_graph_is_freed_when_the_loss_is_dropped() {

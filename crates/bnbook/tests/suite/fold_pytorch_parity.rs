@@ -61,7 +61,10 @@ struct Case {
 }
 
 fn fixtures() -> Fixtures {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fold_pytorch.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/fold_pytorch.json"
+    );
     let text = std::fs::read_to_string(path).expect("the fixture file is committed");
     serde_json::from_str(&text).expect("the fixture file parses")
 }
@@ -75,13 +78,11 @@ fn array(shape: &[usize], values: &[f32]) -> ArrayD<f32> {
 fn beyond_tolerance(ours: &[f32], theirs: &[f32]) -> Option<f32> {
     assert_eq!(ours.len(), theirs.len(), "same number of values");
     let largest = theirs.iter().fold(0.0_f32, |m, v| m.max(v.abs()));
-    let worst = ours
-        .iter()
+    ours.iter()
         .zip(theirs)
         .filter(|(o, t)| (*o - *t).abs() > 1e-5 * t.abs() + 1e-6 * largest)
         .map(|(o, t)| (o - t).abs())
-        .fold(None, |m: Option<f32>, d| Some(m.map_or(d, |m| m.max(d))));
-    worst
+        .fold(None, |m: Option<f32>, d| Some(m.map_or(d, |m| m.max(d))))
 }
 
 /// The case's pair as this crate's layers: the layer with PyTorch's
@@ -146,7 +147,10 @@ fn folded_parameters(net: &Sequential) -> (Vec<f32>, Vec<f32>) {
         let w = linear.weight.value().t().iter().copied().collect();
         (w, linear.bias.value().iter().copied().collect())
     } else {
-        panic!("the folded network starts with {}", net.layers()[0].describe());
+        panic!(
+            "the folded network starts with {}",
+            net.layers()[0].describe()
+        );
     }
 }
 
@@ -170,16 +174,43 @@ fn folding_matches_pytorch_fuse_conv_and_linear_bn_eval() {
         let x = Tensor::new(array(&case.shape, &case.x));
 
         let mut net = unfolded(&case);
-        let y: Vec<f32> = net.forward(&x, Mode::Eval).unwrap().value().iter().copied().collect();
-        assert_eq!(beyond_tolerance(&y, &case.y), None, "{name}: unfolded output");
+        let y: Vec<f32> = net
+            .forward(&x, Mode::Eval)
+            .unwrap()
+            .value()
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(
+            beyond_tolerance(&y, &case.y),
+            None,
+            "{name}: unfolded output"
+        );
 
         let mut folded = fold_batch_norm(net).unwrap();
         assert_eq!(folded.len(), 1, "{name}: the batch norm is folded away");
         let (w, b) = folded_parameters(&folded);
-        assert_eq!(beyond_tolerance(&w, &case.folded_weight), None, "{name}: weight");
-        assert_eq!(beyond_tolerance(&b, &case.folded_bias), None, "{name}: bias");
-        let y_folded: Vec<f32> =
-            folded.forward(&x, Mode::Eval).unwrap().value().iter().copied().collect();
-        assert_eq!(beyond_tolerance(&y_folded, &case.y_folded), None, "{name}: folded output");
+        assert_eq!(
+            beyond_tolerance(&w, &case.folded_weight),
+            None,
+            "{name}: weight"
+        );
+        assert_eq!(
+            beyond_tolerance(&b, &case.folded_bias),
+            None,
+            "{name}: bias"
+        );
+        let y_folded: Vec<f32> = folded
+            .forward(&x, Mode::Eval)
+            .unwrap()
+            .value()
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(
+            beyond_tolerance(&y_folded, &case.y_folded),
+            None,
+            "{name}: folded output"
+        );
     }
 }
