@@ -353,7 +353,9 @@ pub fn reestimate_running_statistics(
             for bn in net.batch_norm_layers_mut() {
                 bn.set_momentum(weight)?;
             }
-            net.forward(&Tensor::new(batch.images.into_dyn()), Mode::Train)?;
+            // training mode updates the running statistics; no graph is needed
+            let x = Tensor::new(batch.images.into_dyn());
+            no_grad(|| net.forward(&x, Mode::Train))?;
         }
         Ok(())
     };
