@@ -57,22 +57,37 @@ fn the_comparison_of_normalisations_says_what_its_runs_show() {
         );
         assert!(mean(&runs, test) > mean(&none, test), "{model}: test acc");
     }
-    // "... this holds run by run as well" for BN, IN and GN
+    // "... this holds run by run as well" for BN, LN and IN
     let lowest_none = none
         .iter()
         .map(|h| final_loss(h))
         .fold(f64::INFINITY, f64::min);
-    for model in ["lenet-bn-concise", "lenet-in", "lenet-gn"] {
+    for model in ["lenet-bn-concise", "lenet-ln", "lenet-in"] {
         for h in of(&all, model) {
             assert!(final_loss(h) < lowest_none, "{model} seed {}", h.seed);
         }
     }
-    // "For layer norm it does not: one of its seeds ends with a higher
-    // training loss than all three runs without normalisation, and its mean
-    // test accuracy is ahead by less than the noise margin" (a point or two)
+    // "For group norm it does not: two of its seeds end with a higher
+    // training loss than all three runs without normalisation, because their
+    // loss jumps up in the last epoch after nine epochs below the baseline's"
     let highest_none = none.iter().map(|h| final_loss(h)).fold(0.0, f64::max);
+    let gn_runs = of(&all, "lenet-gn");
+    let above: Vec<&&History> = gn_runs
+        .iter()
+        .filter(|h| final_loss(h) > highest_none)
+        .collect();
+    assert_eq!(above.len(), 2);
+    for h in above {
+        let n = h.history.len();
+        assert!(h.history[n - 1].loss > h.history[n - 2].loss, "a jump");
+        for e in 0..n - 1 {
+            let baseline = none.iter().map(|b| b.history[e].loss).fold(0.0, f64::max);
+            assert!(h.history[e].loss < baseline, "seed {} epoch {}", h.seed, e + 1);
+        }
+    }
+    // "Layer norm's mean test accuracy is ahead of no normalisation by less
+    // than the noise margin" (a point or two)
     let ln = of(&all, "lenet-ln");
-    assert!(ln.iter().any(|h| final_loss(h) > highest_none));
     assert!(mean(&ln, test) - mean(&none, test) <= 0.02);
     // "Batch norm trains fastest by a clear margin": lowest loss, highest
     // training accuracy
@@ -82,10 +97,73 @@ fn the_comparison_of_normalisations_says_what_its_runs_show() {
         assert!(mean(&bn, final_loss) < mean(&other, final_loss), "{model}");
         assert!(mean(&bn, train) > mean(&other, train), "{model}");
     }
-    // "Layer norm is the weakest normalisation ... with group norm between
-    // it and instance norm" (mean test accuracy)
+    // "Layer norm has the weakest test accuracy ... with group norm between
+    // it and instance norm"; "group norm's last-epoch jump puts its mean
+    // training loss behind layer norm's"
     let (r#in, gn) = (of(&all, "lenet-in"), of(&all, "lenet-gn"));
     assert!(mean(&r#in, test) > mean(&gn, test) && mean(&gn, test) > mean(&ln, test));
+    assert!(mean(&gn, final_loss) > mean(&ln, final_loss));
+    // the sweep's point at 256 is epoch 3 of these runs: "one [layer-norm]
+    // seed ... at chance on the test set after its third epoch, although its
+    // training accuracy is like the others' ... recovering in the next
+    // epoch"; "batch norm's training loss fell in every epoch of every run"
+    let at_chance: Vec<&&History> = ln.iter().filter(|h| h.history[2].test_acc < 0.15).collect();
+    assert_eq!(at_chance.len(), 1);
+    let h = at_chance[0];
+    assert!(h.history[2].train_acc > 0.65 && h.history[3].test_acc > 0.6);
+    for h in &bn {
+        assert!(h.history.windows(2).all(|w| w[1].loss < w[0].loss), "seed {}", h.seed);
+    }
+}
+
+/// The norms chapter's "What each costs" reads ratios off `norms/timing.json`
+/// (timings of a shared machine: the prose says to rerun before reading much
+/// into them, and this test says which sentence a rerun changes).
+#[test]
+fn the_cost_of_each_normalisation_is_described_as_measured() {
+    let rows: Vec<serde_json::Value> = read("norms/timing.json");
+    let ms = |norm: &str, fused: bool| -> Vec<f64> {
+        let r = rows
+            .iter()
+            .find(|r| {
+                r["normalization"] == norm
+                    && r["implementation"].as_str().unwrap().starts_with("fused") == fused
+            })
+            .unwrap_or_else(|| panic!("no {norm} row"));
+        r["slot_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let ratio = |norm: &str, slot: usize| ms(norm, true)[slot] / ms(norm, false)[slot];
+    // "fused batch norm takes about a quarter of the time of the composed one
+    // at both convolutional slots"
+    for slot in [0, 1] {
+        assert!((0.2..0.35).contains(&ratio("BN", slot)), "slot {slot}");
+    }
+    // "the fused versions of layer, instance and group norm save only a fifth
+    // to a third at the first one"
+    for norm in ["LN", "IN", "GN"] {
+        assert!((0.64..0.82).contains(&ratio(norm, 0)), "{norm}");
+    }
+    // "at the fully connected slots, fused batch norm is about three times as
+    // slow as composed, while ... the other three costs about what their
+    // composed versions do"
+    for slot in [2, 3] {
+        assert!((2.3..3.8).contains(&ratio("BN", slot)), "slot {slot}");
+        for norm in ["LN", "IN", "GN"] {
+            assert!((0.8..1.25).contains(&ratio(norm, slot)), "{norm} slot {slot}");
+        }
+    }
+    // "fused batch norm is the cheapest and fused layer norm the most
+    // expensive ... the three per-example layers are within a tenth"
+    let total = |norm: &str| ms(norm, true).iter().sum::<f64>();
+    let others = [total("LN"), total("IN"), total("GN")];
+    assert!(others.iter().all(|&t| total("BN") < t));
+    assert!(total("LN") >= total("IN") && total("LN") >= total("GN"));
+    assert!(total("LN") < 1.1 * total("GN").min(total("IN")));
 }
 
 #[test]
