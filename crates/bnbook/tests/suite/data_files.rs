@@ -752,7 +752,10 @@ fn batches_are_copies_of_the_selected_rows() {
         assert_eq!(batch.labels[row], usize::from(train.labels[i]));
     }
     batch.images.fill(0.0);
-    assert!(train.pixels.iter().any(|&p| p != 0), "the split is untouched");
+    assert!(
+        train.pixels.iter().any(|&p| p != 0),
+        "the split is untouched"
+    );
 }
 
 #[test]
