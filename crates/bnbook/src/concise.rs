@@ -130,10 +130,12 @@ fn channel_sums(
             let mut partial = vec![(0.0, 0.0); c];
             let images = group * IMAGES_PER_GROUP..((group + 1) * IMAGES_PER_GROUP).min(n);
             with_wide_vectors(|| {
-                for block in images.start * c..images.end * c {
-                    let (a, b) = f(block % c, block);
-                    partial[block % c].0 += a;
-                    partial[block % c].1 += b;
+                for image in images {
+                    for (ch, sum) in partial.iter_mut().enumerate() {
+                        let (a, b) = f(ch, image * c + ch);
+                        sum.0 += a;
+                        sum.1 += b;
+                    }
                 }
             });
             partial
@@ -153,12 +155,22 @@ fn channel_sums(
 /// (small blocks in bunches, see [`build`]):
 /// `fill(channel, block_index, block)` must write every value of its
 /// length-`s` block. Writing into fresh memory skips zero-filling it first.
+/// After a fully connected layer (`s = 1`) the work is handed out a row of
+/// `c` blocks at a time, so that no block pays for a division to find its
+/// channel.
 fn build_blocks(
     len: usize,
     s: usize,
     c: usize,
     fill: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
+    if s == 1 {
+        return build(len, c, |row, values| {
+            for (ch, value) in values.chunks_mut(1).enumerate() {
+                fill(ch, row * c + ch, value);
+            }
+        });
+    }
     build(len, s, |i, block| fill(i % c, i, block))
 }
 
