@@ -9,17 +9,12 @@
 //! Tolerance: 1e-4 relative plus 1e-5 absolute. Both sides compute in `f32`
 //! but sum in different orders; the observed differences are a few 1e-7.
 
+use crate::pytorch_fixtures::{self, Fixtures, array};
 use bnbook::concise::{BatchNormOptions, ConciseBatchNorm, Momentum, RunningVariance};
-use bnbook::ndarray::{ArrayD, IxDyn};
 use bnbook::nn::Module;
 use bnbook::scratch::{BatchNorm, parameter_shape};
 use bnbook::{Mode, Tensor};
 use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Fixtures {
-    cases: Vec<Case>,
-}
 
 #[derive(Deserialize)]
 struct Case {
@@ -55,13 +50,8 @@ struct Eval {
     y: Vec<f32>,
 }
 
-fn fixtures() -> Fixtures {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/batchnorm_pytorch.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture file"))
-        .expect("valid fixture JSON")
+fn fixtures() -> Fixtures<Case> {
+    pytorch_fixtures::read("batchnorm_pytorch.json")
 }
 
 fn assert_close(what: &str, actual: &[f32], expected: &[f32], abs: f32) {
@@ -72,10 +62,6 @@ fn assert_close(what: &str, actual: &[f32], expected: &[f32], abs: f32) {
             "{what}[{i}]: ours {a}, PyTorch {e}"
         );
     }
-}
-
-fn array(shape: &[usize], v: &[f32]) -> ArrayD<f32> {
-    ArrayD::from_shape_vec(IxDyn(shape), v.to_vec()).expect("fixture sizes match shapes")
 }
 
 /// The layer under test, as a Module, plus handles to γ and β.

@@ -16,9 +16,10 @@
 //! sides compute in `f32`, in different orders). A PyTorch `Conv2d` or
 //! `Linear` without a bias is this crate's layer with a bias of zeros.
 
-use bnbook::concise::{BatchNorm1d, BatchNorm2d, BatchNormOptions};
+use crate::pytorch_fixtures::{self, Fixtures, array};
+use bnbook::concise::{BatchNormOptions, ConciseBatchNorm};
 use bnbook::fold::fold_batch_norm;
-use bnbook::ndarray::{Array2, ArrayD, IxDyn};
+use bnbook::ndarray::Array2;
 use bnbook::nn::{Conv2d, Linear, Module, Sequential};
 use bnbook::rand::{SeedableRng, rngs::StdRng};
 use bnbook::{Mode, Tensor};
@@ -32,12 +33,6 @@ const EXPECTED_CASES: [&str; 5] = [
     "linear_bn",
     "linear_no_bias_bn",
 ];
-
-#[derive(Deserialize)]
-struct Fixtures {
-    generator: String,
-    cases: Vec<Case>,
-}
 
 #[derive(Deserialize)]
 struct Case {
@@ -60,17 +55,8 @@ struct Case {
     y_folded: Vec<f32>,
 }
 
-fn fixtures() -> Fixtures {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/fold_pytorch.json"
-    );
-    let text = std::fs::read_to_string(path).expect("the fixture file is committed");
-    serde_json::from_str(&text).expect("the fixture file parses")
-}
-
-fn array(shape: &[usize], values: &[f32]) -> ArrayD<f32> {
-    ArrayD::from_shape_vec(IxDyn(shape), values.to_vec()).expect("fixture sizes match")
+fn fixtures() -> Fixtures<Case> {
+    pytorch_fixtures::read("fold_pytorch.json")
 }
 
 /// Largest `|ours − theirs|` beyond the tolerance, or `None` when every
@@ -94,40 +80,35 @@ fn unfolded(case: &Case) -> Sequential {
     let input = case.shape[1];
     let bias = case.bias.clone().unwrap_or_else(|| vec![0.0; out]);
     let mut rng = StdRng::seed_from_u64(0);
-    let options = BatchNormOptions {
-        eps: case.eps,
-        affine: case.affine,
-        ..BatchNormOptions::default()
-    };
     let mut net = Sequential::new();
     if case.layer == "Conv2d" {
         let conv = Conv2d::new(input, out, 3, &mut rng).unwrap();
         *conv.weight.value_mut() = array(&[out, input, 3, 3], &case.weight);
         *conv.bias.value_mut() = array(&[out], &bias);
-        let mut bn = BatchNorm2d::with_options(out, options).unwrap();
-        set_statistics(case, &mut bn.gamma, &mut bn.beta);
-        bn.running_mean = case.running_mean.clone();
-        bn.running_var = case.running_var.clone();
         net.push(conv);
-        net.push(bn);
+        net.push(batch_norm::<4>(case));
     } else {
         let linear = Linear::new(input, out, &mut rng).unwrap();
         let torch_layout = Array2::from_shape_vec((out, input), case.weight.clone()).unwrap();
         *linear.weight.value_mut() = torch_layout.t().to_owned().into_dyn();
         *linear.bias.value_mut() = array(&[out], &bias);
-        let mut bn = BatchNorm1d::with_options(out, options).unwrap();
-        set_statistics(case, &mut bn.gamma, &mut bn.beta);
-        bn.running_mean = case.running_mean.clone();
-        bn.running_var = case.running_var.clone();
         net.push(linear);
-        net.push(bn);
+        net.push(batch_norm::<2>(case));
     }
     net
 }
 
-fn set_statistics(case: &Case, gamma: &mut Option<Tensor>, beta: &mut Option<Tensor>) {
+/// The case's batch norm (`RANK` 4 after a convolution, 2 after a linear
+/// layer): its ε, γ and β (or none), and its running statistics.
+fn batch_norm<const RANK: usize>(case: &Case) -> ConciseBatchNorm<RANK> {
     let out = case.running_mean.len();
-    match (gamma, beta, &case.gamma, &case.beta) {
+    let options = BatchNormOptions {
+        eps: case.eps,
+        affine: case.affine,
+        ..BatchNormOptions::default()
+    };
+    let mut bn = ConciseBatchNorm::<RANK>::with_options(out, options).unwrap();
+    match (&bn.gamma, &bn.beta, &case.gamma, &case.beta) {
         (Some(g), Some(b), Some(tg), Some(tb)) => {
             *g.value_mut() = array(&[out], tg);
             *b.value_mut() = array(&[out], tb);
@@ -135,6 +116,19 @@ fn set_statistics(case: &Case, gamma: &mut Option<Tensor>, beta: &mut Option<Ten
         (None, None, None, None) => {}
         _ => panic!("{}: γ and β present on one side only", case.name),
     }
+    bn.running_mean = case.running_mean.clone();
+    bn.running_var = case.running_var.clone();
+    bn
+}
+
+/// The network's output in evaluation mode, flat.
+fn eval_output(net: &mut Sequential, x: &Tensor) -> Vec<f32> {
+    net.forward(x, Mode::Eval)
+        .unwrap()
+        .value()
+        .iter()
+        .copied()
+        .collect()
 }
 
 /// The folded layer's weight in PyTorch's layout, and its bias.
@@ -174,13 +168,7 @@ fn folding_matches_pytorch_fuse_conv_and_linear_bn_eval() {
         let x = Tensor::new(array(&case.shape, &case.x));
 
         let mut net = unfolded(&case);
-        let y: Vec<f32> = net
-            .forward(&x, Mode::Eval)
-            .unwrap()
-            .value()
-            .iter()
-            .copied()
-            .collect();
+        let y = eval_output(&mut net, &x);
         assert_eq!(
             beyond_tolerance(&y, &case.y),
             None,
@@ -200,13 +188,7 @@ fn folding_matches_pytorch_fuse_conv_and_linear_bn_eval() {
             None,
             "{name}: bias"
         );
-        let y_folded: Vec<f32> = folded
-            .forward(&x, Mode::Eval)
-            .unwrap()
-            .value()
-            .iter()
-            .copied()
-            .collect();
+        let y_folded = eval_output(&mut folded, &x);
         assert_eq!(
             beyond_tolerance(&y_folded, &case.y_folded),
             None,

@@ -25,6 +25,7 @@ mod gradcheck_ops;
 mod mlp_demo;
 mod norms;
 mod norms_pytorch_parity;
+mod pytorch_fixtures;
 mod readme_output;
 mod small_batch;
 mod train_real;

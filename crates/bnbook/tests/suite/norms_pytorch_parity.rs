@@ -31,7 +31,8 @@
 //! Observed worst errors (run with `--nocapture` to print them) use at most
 //! about a fifth of the tolerance.
 
-use bnbook::ndarray::{ArrayD, IxDyn};
+use crate::pytorch_fixtures::{self, Fixtures, array};
+use bnbook::ndarray::ArrayD;
 use bnbook::nn::Module;
 use bnbook::norms::{GroupNorm, Implementation, InstanceNorm2d, LayerNorm, NormOptions};
 use bnbook::{Mode, Tensor};
@@ -63,12 +64,6 @@ const EXPECTED_CASES: [&str; 15] = [
     "group_norm_no_affine",
     "group_norm_eps_1e_3",
 ];
-
-#[derive(Deserialize)]
-struct Fixtures {
-    generator: String,
-    cases: Vec<Case>,
-}
 
 #[derive(Deserialize)]
 struct Case {
@@ -112,17 +107,8 @@ impl Args {
     }
 }
 
-fn fixtures() -> Fixtures {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/norms_pytorch.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture file"))
-        .expect("valid fixture JSON")
-}
-
-fn array(shape: &[usize], v: &[f32]) -> ArrayD<f32> {
-    ArrayD::from_shape_vec(IxDyn(shape), v.to_vec()).expect("fixture sizes match shapes")
+fn fixtures() -> Fixtures<Case> {
+    pytorch_fixtures::read("norms_pytorch.json")
 }
 
 fn flat(a: &ArrayD<f32>) -> Vec<f32> {
