@@ -158,7 +158,7 @@ fn channel_sums(
 /// After a fully connected layer (`s = 1`) the work is handed out a row of
 /// `c` blocks at a time, so that no block pays for a division to find its
 /// channel.
-fn build_blocks(
+pub(crate) fn build_blocks(
     len: usize,
     s: usize,
     c: usize,

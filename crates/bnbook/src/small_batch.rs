@@ -30,15 +30,16 @@
 //! partial sums, and the sums are either kept per group (ghost) or added up
 //! across groups (synchronised).
 
-use crate::autograd::{Tensor, build, with_wide_vectors};
-use crate::concise::{BatchNormOptions, ConciseBatchNorm, RunningVariance, batch_norm_fused};
+use crate::autograd::{Tensor, with_wide_vectors};
+use crate::concise::{
+    BatchNormOptions, ConciseBatchNorm, RunningVariance, batch_norm_fused, build_blocks,
+};
 use crate::error::{Error, Result};
 use crate::models::ModelKind;
 use crate::nn::{BatchNormLayer, Mode, Module, Momentum, Sequential};
 use crate::parallel::*;
 use ndarray::{ArrayD, IxDyn};
 use rand::Rng;
-use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Where a training batch's normalisation statistics come from.
@@ -227,17 +228,6 @@ fn lane_sums(xs: &[f32], gs: &[f32], pair: impl Fn(f32, f32) -> (f64, f64)) -> (
     (a + acc_a.iter().sum::<f64>(), b + acc_b.iter().sum::<f64>())
 }
 
-/// An `(N, C, S)` array of `len` values written block by block, in
-/// parallel: `fill(row, channel, at, block)` must write every value of the
-/// `S`-long block that starts at index `at`.
-fn build_by_block(
-    len: usize,
-    (c, s): (usize, usize),
-    fill: impl Fn(usize, usize, usize, &mut [MaybeUninit<f32>]) + Sync,
-) -> Vec<f32> {
-    build(len, s, |i, block| fill(i / c, i % c, i * s, block))
-}
-
 /// The all-reduce of synchronised batch norm: every worker's per-channel
 /// sums, added up, handed back to every worker.
 fn all_reduce(per_worker: &[Vec<(f64, f64)>]) -> Vec<Vec<(f64, f64)>> {
@@ -327,9 +317,9 @@ pub fn grouped_batch_norm(
     // x̂ of a value of group k, channel ch
     let x_hat = move |k: usize, ch: usize, v: f32| (v - means[k][ch]) * inv_std[k][ch];
     // y = γ·x̂ + β
-    let y = build_by_block(values.len(), (c, s), |row, ch, at, block| {
-        let k = row_group[row];
-        for (out, &v) in block.iter_mut().zip(&values[at..]) {
+    let y = build_blocks(values.len(), s, c, |ch, i, block| {
+        let k = row_group[i / c];
+        for (out, &v) in block.iter_mut().zip(&values[i * s..]) {
             out.write(gamma[ch] * x_hat(k, ch, v) + beta[ch]);
         }
     });
@@ -350,14 +340,16 @@ pub fn grouped_batch_norm(
             (f64::from(g), f64::from(g * x_hat(k, ch, x)))
         });
         // ... all-reduced when synchronised
+        let reduced;
         let sums = if synchronise {
-            all_reduce(&own)
+            reduced = all_reduce(&own);
+            &reduced
         } else {
-            own.clone()
+            &own
         };
         let dx = ctx.needs(0).then(|| {
-            let dx = build_by_block(xv.len(), (c, s), |row, ch, at, block| {
-                let k = row_group[row];
+            let dx = build_blocks(xv.len(), s, c, |ch, i, block| {
+                let (k, at) = (row_group[i / c], i * s);
                 let m = counts[k] as f64;
                 let (sg, sgx) = ((sums[k][ch].0 / m) as f32, (sums[k][ch].1 / m) as f32);
                 // ∂L/∂x = γ·inv · (g − Σg/m − x̂·Σg·x̂/m)
