@@ -1,7 +1,7 @@
 //! Where a training step spends its time: forward per layer, backward per op.
 //!
 //! ```text
-//! cargo run --release --example profile_step -- lenet-bn
+//! RAYON_NUM_THREADS=1 cargo run --release --example profile_step -- lenet-bn
 //! ```
 
 use bnbook::Tensor;
@@ -17,6 +17,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), bnbook::Error> {
     bnbook_lab::bench::keep_freed_memory();
+    // on a thread of rayon's pool, as `bnbook` runs its commands
+    rayon::scope(|_| profile())
+}
+
+fn profile() -> Result<(), bnbook::Error> {
     let model: ModelKind = std::env::args()
         .nth(1)
         .unwrap_or("lenet-bn".into())

@@ -115,13 +115,6 @@ impl Geometry {
         }
     }
 
-    /// The kernel entries `(c, ky, kx)` in the order of the im2col matrix's rows.
-    fn kernel_entries(&self) -> impl Iterator<Item = (usize, usize, usize)> {
-        let (kh, kw) = (self.kh, self.kw);
-        (0..self.c)
-            .flat_map(move |c| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (c, ky, kx))))
-    }
-
     /// Values in one input image.
     fn image_len(&self) -> usize {
         self.c * self.h * self.w
@@ -132,54 +125,95 @@ impl Geometry {
 /// column `(oy, ox)` holds the receptive field of that output position.
 /// Every entry is written (zero where the window lies on the padding), so
 /// `cols` may hold anything before, such as the previous image's columns.
+/// (Inlined into its callers, which run it with wide vectors.)
+#[inline(always)]
 fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32]) {
-    let positions = g.positions();
     if g.stride == 1 && g.padding == 0 {
-        // LeNet-BN's case, with the fewest index calculations per run: row
-        // (c, ky, kx) of the matrix is, output row by output row, the input
-        // rows ky, ky + 1, … of channel c from column kx on.
-        let rows = cols[..g.field() * positions].chunks_exact_mut(positions);
-        for (row, (c, ky, kx)) in rows.zip(g.kernel_entries()) {
-            let from = (c * g.h + ky) * g.w + kx;
-            for (dst, src) in row.chunks_exact_mut(g.ow).zip(x[from..].chunks(g.w)) {
-                copy_short(dst, &src[..g.ow]);
-            }
-        }
+        im2col_unpadded(x, g, cols);
         return;
     }
+    if g.stride == 1 {
+        // LeNet's first convolution (padding 2): the im2col matrix of an
+        // image with padding is that of the image framed by `padding` zeros,
+        // without padding. Framing costs one small copy and saves the
+        // clipping of every run at the edges and a pass zeroing the matrix.
+        let p = g.padding;
+        let framed = Geometry {
+            h: g.h + 2 * p,
+            w: g.w + 2 * p,
+            padding: 0,
+            ..*g
+        };
+        FRAMED.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            buffer.clear();
+            buffer.resize(framed.image_len(), 0.0);
+            for c in 0..g.c {
+                for y in 0..g.h {
+                    let src = &x[(c * g.h + y) * g.w..][..g.w];
+                    let at = (c * framed.h + y + p) * framed.w + p;
+                    buffer[at..at + g.w].copy_from_slice(src);
+                }
+            }
+            im2col_unpadded(&buffer, &framed, cols);
+        });
+        return;
+    }
+    let positions = g.positions();
     if g.padding > 0 {
         cols[..g.field() * positions].fill(0.0);
     }
     g.for_each_run(|r, start, x_start, len| {
         let dst = &mut cols[r * positions + start..][..len];
-        if g.stride == 1 {
-            copy_short(dst, &x[x_start..x_start + len]);
-        } else {
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = x[x_start + i * g.stride];
-            }
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = x[x_start + i * g.stride];
         }
     });
 }
 
-/// `dst.copy_from_slice(src)` for im2col's short runs (one output row: 8
-/// to 28 values in LeNet), eight values at a time. `copy_from_slice` would
-/// call `memcpy`, whose set-up costs more than copying so few values (it
-/// was the largest single item of a convolution's profile).
+/// im2col with stride 1 and no padding, the case with the fewest index
+/// calculations: row `(c, ky, kx)` of the matrix is, output row by output
+/// row, the input rows `ky, ky + 1, …` of channel `c` from column `kx` on.
+#[inline(always)]
+fn im2col_unpadded(x: &[f32], g: &Geometry, cols: &mut [f32]) {
+    let positions = g.positions();
+    let mut rows = cols[..g.field() * positions].chunks_exact_mut(positions);
+    for c in 0..g.c {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = rows.next().expect("one row per kernel entry");
+                let from = (c * g.h + ky) * g.w + kx;
+                for oy in 0..g.oh {
+                    copy_short(&mut row[oy * g.ow..][..g.ow], &x[from + oy * g.w..][..g.ow]);
+                }
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for im2col's short runs (one output row: 10
+/// or 28 values in LeNet), eight values at a time, the last eight ending at
+/// the run's end (overlapping the eight before when the length is not a
+/// multiple of eight: those values are simply written twice).
+/// `copy_from_slice` would call `memcpy`, whose set-up costs more than
+/// copying so few values (it was the largest single item of a
+/// convolution's profile).
 #[inline(always)]
 fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let mut dst_eights = dst.chunks_exact_mut(8);
-    let mut src_eights = src.chunks_exact(8);
-    for (d, s) in (&mut dst_eights).zip(&mut src_eights) {
-        let eight: [f32; 8] = s.try_into().expect("chunks of eight");
-        d.copy_from_slice(&eight);
+    let len = dst.len();
+    assert_eq!(len, src.len(), "copy_short: lengths differ");
+    if len < 8 {
+        dst.copy_from_slice(src);
+        return;
     }
-    for (d, s) in dst_eights
-        .into_remainder()
-        .iter_mut()
-        .zip(src_eights.remainder())
-    {
-        *d = *s;
+    let eight = |at: usize| -> [f32; 8] { src[at..at + 8].try_into().expect("eight values") };
+    let mut at = 0;
+    while at + 8 <= len {
+        dst[at..at + 8].copy_from_slice(&eight(at));
+        at += 8;
+    }
+    if at < len {
+        dst[len - 8..].copy_from_slice(&eight(len - 8));
     }
 }
 
@@ -189,12 +223,17 @@ fn col2im(cols: &[f32], g: &Geometry, dx: &mut [f32]) {
     let positions = g.positions();
     if g.stride == 1 && g.padding == 0 {
         // the same walk as im2col's fast path, adding instead of copying
-        let rows = cols[..g.field() * positions].chunks_exact(positions);
-        for (row, (c, ky, kx)) in rows.zip(g.kernel_entries()) {
-            let from = (c * g.h + ky) * g.w + kx;
-            for (src, dst) in row.chunks_exact(g.ow).zip(dx[from..].chunks_mut(g.w)) {
-                for (d, v) in dst[..g.ow].iter_mut().zip(src) {
-                    *d += v;
+        let mut rows = cols[..g.field() * positions].chunks_exact(positions);
+        for c in 0..g.c {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let row = rows.next().expect("one row per kernel entry");
+                    let from = (c * g.h + ky) * g.w + kx;
+                    for (src, dst) in row.chunks_exact(g.ow).zip(dx[from..].chunks_mut(g.w)) {
+                        for (d, v) in dst[..g.ow].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    }
                 }
             }
         }
@@ -219,6 +258,8 @@ thread_local! {
     /// to the next: a training step would otherwise allocate (and zero) a
     /// fresh buffer for every piece of work.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's buffer for an image framed by zeros (see [`im2col`]).
+    static FRAMED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on this thread's scratch space, at least `len` values long
