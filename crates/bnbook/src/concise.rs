@@ -27,6 +27,7 @@
 //! [`BatchNormOptions::d2l`] reproduces the scratch layer exactly;
 //! [`BatchNormOptions::keras`] Keras' defaults.
 
+use crate::autograd::kernels::multiversioned;
 use crate::autograd::{Tensor, build, with_wide_vectors};
 use crate::error::{Error, Result};
 pub use crate::nn::Momentum;
@@ -124,29 +125,32 @@ fn channel_sums(
     c: usize,
     f: impl Fn(usize, usize) -> (f64, f64) + Sync,
 ) -> (Vec<f64>, Vec<f64>) {
-    let partials: Vec<Vec<(f64, f64)>> = (0..n.div_ceil(IMAGES_PER_GROUP))
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = (0..n.div_ceil(IMAGES_PER_GROUP))
         .into_par_iter()
         .map(|group| {
-            let mut partial = vec![(0.0, 0.0); c];
+            // two arrays rather than one of pairs, so that a row of channels
+            // (after a fully connected layer) is summed with vector instructions
+            let (mut first, mut second) = (vec![0.0; c], vec![0.0; c]);
             let images = group * IMAGES_PER_GROUP..((group + 1) * IMAGES_PER_GROUP).min(n);
             with_wide_vectors(|| {
                 for image in images {
-                    for (ch, sum) in partial.iter_mut().enumerate() {
-                        let (a, b) = f(ch, image * c + ch);
-                        sum.0 += a;
-                        sum.1 += b;
+                    for (ch, (a, b)) in first.iter_mut().zip(&mut second).enumerate() {
+                        let (da, db) = f(ch, image * c + ch);
+                        *a += da;
+                        *b += db;
                     }
                 }
             });
-            partial
+            (first, second)
         })
         .collect();
     let (mut first, mut second) = (vec![0.0; c], vec![0.0; c]);
-    for partial in partials {
-        for (ch, (a, b)) in partial.into_iter().enumerate() {
-            first[ch] += a;
-            second[ch] += b;
-        }
+    for (part_first, part_second) in partials {
+        first.iter_mut().zip(part_first).for_each(|(t, p)| *t += p);
+        second
+            .iter_mut()
+            .zip(part_second)
+            .for_each(|(t, p)| *t += p);
     }
     (first, second)
 }
@@ -185,15 +189,23 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         // a fully connected layer's blocks hold one value: no lanes to fill
         return xs.iter().map(|&x| f(x)).sum();
     }
-    let mut acc = [0.0_f32; 16];
-    let mut chunks = xs.chunks_exact(16);
-    for chunk in &mut chunks {
-        for (a, &x) in acc.iter_mut().zip(chunk) {
-            *a += f(x);
+    lane_sum_wide(xs, &f)
+}
+
+multiversioned! {
+    /// [`lane_sum`] of a block of at least 16 values, compiled per vector
+    /// width (see `multiversioned!` in `src/autograd/kernels.rs`).
+    fn lane_sum_wide(xs: &[f32], f: &impl Fn(f32) -> f32) -> f32 {
+        let mut acc = [0.0_f32; 16];
+        let mut chunks = xs.chunks_exact(16);
+        for chunk in &mut chunks {
+            for (a, &x) in acc.iter_mut().zip(chunk) {
+                *a += f(x);
+            }
         }
+        let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+        acc.iter().sum::<f32>() + tail
     }
-    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `(Σ f(x, g), Σ h(x, g))` over two blocks of the same length, with
@@ -209,23 +221,36 @@ fn lane_sums2(
         let pairs = xs.iter().zip(gs);
         return pairs.fold((0.0, 0.0), |(a, b), (&x, &g)| (a + f(x, g), b + h(x, g)));
     }
-    let (mut acc_f, mut acc_h) = ([0.0_f32; 16], [0.0_f32; 16]);
-    let (mut x_chunks, mut g_chunks) = (xs.chunks_exact(16), gs.chunks_exact(16));
-    for (xc, gc) in (&mut x_chunks).zip(&mut g_chunks) {
-        for l in 0..16 {
-            acc_f[l] += f(xc[l], gc[l]);
-            acc_h[l] += h(xc[l], gc[l]);
+    lane_sums2_wide(xs, gs, &f, &h)
+}
+
+multiversioned! {
+    /// [`lane_sums2`] of blocks of at least 16 values, compiled per vector
+    /// width.
+    fn lane_sums2_wide(
+        xs: &[f32],
+        gs: &[f32],
+        f: &impl Fn(f32, f32) -> f32,
+        h: &impl Fn(f32, f32) -> f32,
+    ) -> (f32, f32) {
+        let (mut acc_f, mut acc_h) = ([0.0_f32; 16], [0.0_f32; 16]);
+        let (mut x_chunks, mut g_chunks) = (xs.chunks_exact(16), gs.chunks_exact(16));
+        for (xc, gc) in (&mut x_chunks).zip(&mut g_chunks) {
+            for l in 0..16 {
+                acc_f[l] += f(xc[l], gc[l]);
+                acc_h[l] += h(xc[l], gc[l]);
+            }
         }
+        let (mut tail_f, mut tail_h) = (0.0_f32, 0.0_f32);
+        for (&x, &g) in x_chunks.remainder().iter().zip(g_chunks.remainder()) {
+            tail_f += f(x, g);
+            tail_h += h(x, g);
+        }
+        (
+            acc_f.iter().sum::<f32>() + tail_f,
+            acc_h.iter().sum::<f32>() + tail_h,
+        )
     }
-    let (mut tail_f, mut tail_h) = (0.0_f32, 0.0_f32);
-    for (&x, &g) in x_chunks.remainder().iter().zip(g_chunks.remainder()) {
-        tail_f += f(x, g);
-        tail_h += h(x, g);
-    }
-    (
-        acc_f.iter().sum::<f32>() + tail_f,
-        acc_h.iter().sum::<f32>() + tail_h,
-    )
 }
 
 /// Per-channel mean and biased variance: two passes (the second sums
@@ -234,12 +259,25 @@ fn lane_sums2(
 fn channel_moments(x: &[f32], (n, c, s): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
     let m = (n * s) as f64;
     let block = |i: usize| &x[i * s..][..s];
-    let (sum, _) = channel_sums(n, c, |_, i| (f64::from(lane_sum(block(i), |v| v)), 0.0));
+    // After a fully connected layer (s = 1) a block is one value, whose
+    // lane sum is that value: the same sums, without slicing out blocks.
+    let (sum, _) = if s == 1 {
+        channel_sums(n, c, |_, i| (f64::from(x[i]), 0.0))
+    } else {
+        channel_sums(n, c, |_, i| (f64::from(lane_sum(block(i), |v| v)), 0.0))
+    };
     let mean: Vec<f32> = sum.iter().map(|v| (v / m) as f32).collect();
-    let (sq, _) = channel_sums(n, c, |ch, i| {
-        let mu = mean[ch];
-        (f64::from(lane_sum(block(i), |v| (v - mu) * (v - mu))), 0.0)
-    });
+    let (sq, _) = if s == 1 {
+        channel_sums(n, c, |ch, i| {
+            let d = x[i] - mean[ch];
+            (f64::from(d * d), 0.0)
+        })
+    } else {
+        channel_sums(n, c, |ch, i| {
+            let mu = mean[ch];
+            (f64::from(lane_sum(block(i), |v| (v - mu) * (v - mu))), 0.0)
+        })
+    };
     (mean, sq.iter().map(|v| (v / m) as f32).collect())
 }
 
@@ -279,8 +317,9 @@ pub fn batch_norm_fused(
         let x = x.value();
         let x = x.as_standard_layout();
         let x = x.as_slice().expect("standard layout");
+        let offset: Vec<f32> = (0..c).map(|ch| shift[ch] - scale[ch] * mean[ch]).collect();
         build_blocks(x.len(), s, c, |ch, i, block| {
-            let (a, b) = (scale[ch], shift[ch] - scale[ch] * mean[ch]);
+            let (a, b) = (scale[ch], offset[ch]);
             for (v, &xv) in block.iter_mut().zip(&x[i * s..]) {
                 v.write(a * xv + b);
             }

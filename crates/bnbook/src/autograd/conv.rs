@@ -9,6 +9,7 @@
 //! pixel collects gradient from every window that saw it).
 
 use super::gemm::{Mat, gemm};
+use super::kernels::multiversioned;
 use super::{Tensor, kernels, with_wide_vectors};
 use crate::parallel::*;
 use ndarray::{ArrayD, IxDyn};
@@ -115,60 +116,74 @@ impl Geometry {
         }
     }
 
+    /// The geometry of the input framed by `padding` zeros on every side,
+    /// with no padding: it has the same im2col matrix.
+    fn framed(&self) -> Geometry {
+        Geometry {
+            h: self.h + 2 * self.padding,
+            w: self.w + 2 * self.padding,
+            padding: 0,
+            ..*self
+        }
+    }
+
+    /// Scratch values [`im2col`] needs for a framed image (none when it
+    /// needs no frame).
+    fn framed_len(&self) -> usize {
+        if self.stride == 1 && self.padding > 0 {
+            self.framed().image_len()
+        } else {
+            0
+        }
+    }
+
     /// Values in one input image.
     fn image_len(&self) -> usize {
         self.c * self.h * self.w
     }
 }
 
-/// im2col of one image into `cols`, a `(C·KH·KW, OH·OW)` row-major matrix:
-/// column `(oy, ox)` holds the receptive field of that output position.
-/// Every entry is written (zero where the window lies on the padding), so
-/// `cols` may hold anything before, such as the previous image's columns.
-/// (Inlined into its callers, which run it with wide vectors.)
-#[inline(always)]
-fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32]) {
-    if g.stride == 1 && g.padding == 0 {
-        im2col_unpadded(x, g, cols);
-        return;
-    }
-    if g.stride == 1 {
-        // LeNet's first convolution (padding 2): the im2col matrix of an
-        // image with padding is that of the image framed by `padding` zeros,
-        // without padding. Framing costs one small copy and saves the
-        // clipping of every run at the edges and a pass zeroing the matrix.
-        let p = g.padding;
-        let framed = Geometry {
-            h: g.h + 2 * p,
-            w: g.w + 2 * p,
-            padding: 0,
-            ..*g
-        };
-        FRAMED.with(|buffer| {
-            let mut buffer = buffer.borrow_mut();
-            buffer.clear();
-            buffer.resize(framed.image_len(), 0.0);
+multiversioned! {
+    /// im2col of one image into `cols`, a `(C·KH·KW, OH·OW)` row-major matrix:
+    /// column `(oy, ox)` holds the receptive field of that output position.
+    /// Every entry is written (zero where the window lies on the padding), so
+    /// `cols` may hold anything before, such as the previous image's columns.
+    /// `framed` is scratch space of [`Geometry::framed_len`] values.
+    fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32], framed: &mut [f32]) {
+        if g.stride == 1 && g.padding == 0 {
+            im2col_unpadded(x, g, cols);
+            return;
+        }
+        if g.stride == 1 {
+            // LeNet's first convolution (padding 2): the im2col matrix of an
+            // image with padding is that of the image framed by `padding`
+            // zeros, without padding. Framing costs one small copy and saves
+            // the clipping of every run at the edges and a pass zeroing the
+            // matrix.
+            let (p, framed_g) = (g.padding, g.framed());
+            let framed = &mut framed[..framed_g.image_len()];
+            framed.fill(0.0);
             for c in 0..g.c {
                 for y in 0..g.h {
                     let src = &x[(c * g.h + y) * g.w..][..g.w];
-                    let at = (c * framed.h + y + p) * framed.w + p;
-                    buffer[at..at + g.w].copy_from_slice(src);
+                    let at = (c * framed_g.h + y + p) * framed_g.w + p;
+                    framed[at..at + g.w].copy_from_slice(src);
                 }
             }
-            im2col_unpadded(&buffer, &framed, cols);
-        });
-        return;
-    }
-    let positions = g.positions();
-    if g.padding > 0 {
-        cols[..g.field() * positions].fill(0.0);
-    }
-    g.for_each_run(|r, start, x_start, len| {
-        let dst = &mut cols[r * positions + start..][..len];
-        for (i, d) in dst.iter_mut().enumerate() {
-            *d = x[x_start + i * g.stride];
+            im2col_unpadded(framed, &framed_g, cols);
+            return;
         }
-    });
+        let positions = g.positions();
+        if g.padding > 0 {
+            cols[..g.field() * positions].fill(0.0);
+        }
+        g.for_each_run(|r, start, x_start, len| {
+            let dst = &mut cols[r * positions + start..][..len];
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = x[x_start + i * g.stride];
+            }
+        });
+    }
 }
 
 /// im2col with stride 1 and no padding, the case with the fewest index
@@ -192,9 +207,10 @@ fn im2col_unpadded(x: &[f32], g: &Geometry, cols: &mut [f32]) {
 }
 
 /// `dst.copy_from_slice(src)` for im2col's short runs (one output row: 10
-/// or 28 values in LeNet), eight values at a time, the last eight ending at
-/// the run's end (overlapping the eight before when the length is not a
-/// multiple of eight: those values are simply written twice).
+/// or 28 values in LeNet), sixteen (or, for runs shorter than 16, eight)
+/// values at a time, the last sixteen or eight ending at the run's end
+/// (overlapping the ones before when the length is not a multiple: those
+/// values are simply written twice).
 /// `copy_from_slice` would call `memcpy`, whose set-up costs more than
 /// copying so few values (it was the largest single item of a
 /// convolution's profile).
@@ -206,51 +222,61 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
         dst.copy_from_slice(src);
         return;
     }
+    if len >= 16 {
+        // sixteen at a time: one 512-bit vector where the CPU has them
+        let sixteen =
+            |at: usize| -> [f32; 16] { src[at..at + 16].try_into().expect("sixteen values") };
+        let mut at = 0;
+        while at + 16 <= len {
+            dst[at..at + 16].copy_from_slice(&sixteen(at));
+            at += 16;
+        }
+        if at < len {
+            dst[len - 16..].copy_from_slice(&sixteen(len - 16));
+        }
+        return;
+    }
     let eight = |at: usize| -> [f32; 8] { src[at..at + 8].try_into().expect("eight values") };
-    let mut at = 0;
-    while at + 8 <= len {
-        dst[at..at + 8].copy_from_slice(&eight(at));
-        at += 8;
-    }
-    if at < len {
-        dst[len - 8..].copy_from_slice(&eight(len - 8));
-    }
+    dst[..8].copy_from_slice(&eight(0));
+    dst[len - 8..].copy_from_slice(&eight(len - 8));
 }
 
-/// col2im: the adjoint of im2col — adds every matrix entry back onto the
-/// pixel of `dx` (one image) it was copied from; overlapping windows add up.
-fn col2im(cols: &[f32], g: &Geometry, dx: &mut [f32]) {
-    let positions = g.positions();
-    if g.stride == 1 && g.padding == 0 {
-        // the same walk as im2col's fast path, adding instead of copying
-        let mut rows = cols[..g.field() * positions].chunks_exact(positions);
-        for c in 0..g.c {
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let row = rows.next().expect("one row per kernel entry");
-                    let from = (c * g.h + ky) * g.w + kx;
-                    for (src, dst) in row.chunks_exact(g.ow).zip(dx[from..].chunks_mut(g.w)) {
-                        for (d, v) in dst[..g.ow].iter_mut().zip(src) {
-                            *d += v;
+multiversioned! {
+    /// col2im: the adjoint of im2col — adds every matrix entry back onto the
+    /// pixel of `dx` (one image) it was copied from; overlapping windows add up.
+    fn col2im(cols: &[f32], g: &Geometry, dx: &mut [f32]) {
+        let positions = g.positions();
+        if g.stride == 1 && g.padding == 0 {
+            // the same walk as im2col's fast path, adding instead of copying
+            let mut rows = cols[..g.field() * positions].chunks_exact(positions);
+            for c in 0..g.c {
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let row = rows.next().expect("one row per kernel entry");
+                        let from = (c * g.h + ky) * g.w + kx;
+                        for (src, dst) in row.chunks_exact(g.ow).zip(dx[from..].chunks_mut(g.w)) {
+                            for (d, v) in dst[..g.ow].iter_mut().zip(src) {
+                                *d += v;
+                            }
                         }
                     }
                 }
             }
+            return;
         }
-        return;
+        g.for_each_run(|r, start, x_start, len| {
+            let src = &cols[r * positions + start..][..len];
+            if g.stride == 1 {
+                for (d, v) in dx[x_start..x_start + len].iter_mut().zip(src) {
+                    *d += v;
+                }
+            } else {
+                for (i, v) in src.iter().enumerate() {
+                    dx[x_start + i * g.stride] += v;
+                }
+            }
+        });
     }
-    g.for_each_run(|r, start, x_start, len| {
-        let src = &cols[r * positions + start..][..len];
-        if g.stride == 1 {
-            for (d, v) in dx[x_start..x_start + len].iter_mut().zip(src) {
-                *d += v;
-            }
-        } else {
-            for (i, v) in src.iter().enumerate() {
-                dx[x_start + i * g.stride] += v;
-            }
-        }
-    });
 }
 
 thread_local! {
@@ -258,8 +284,6 @@ thread_local! {
     /// to the next: a training step would otherwise allocate (and zero) a
     /// fresh buffer for every piece of work.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Each thread's buffer for an image framed by zeros (see [`im2col`]).
-    static FRAMED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on this thread's scratch space, at least `len` values long
@@ -331,8 +355,9 @@ impl Tensor {
                 .enumerate()
                 .for_each(|(i, y_i)| {
                     with_wide_vectors(|| {
-                        with_scratch(field * positions, |cols| {
-                            im2col(&x[i * g.image_len()..][..g.image_len()], &g, cols);
+                        with_scratch(field * positions + g.framed_len(), |scratch| {
+                            let (cols, framed) = scratch.split_at_mut(field * positions);
+                            im2col(&x[i * g.image_len()..][..g.image_len()], &g, cols, framed);
                             let cols = Mat::row_major(cols, field, positions);
                             gemm(y_i, w_mat, cols, false); // Y_i = W · cols_i
                         });
@@ -383,9 +408,11 @@ impl Tensor {
                         let images =
                             chunk * IMAGES_PER_CHUNK..((chunk + 1) * IMAGES_PER_CHUNK).min(g.n);
                         with_wide_vectors(|| {
-                            with_scratch(field * positions, |cols| {
+                            with_scratch(field * positions + g.framed_len(), |scratch| {
+                                let (cols, framed) = scratch.split_at_mut(field * positions);
                                 for i in images {
-                                    im2col(&x[i * g.image_len()..][..g.image_len()], &g, cols);
+                                    let x_i = &x[i * g.image_len()..][..g.image_len()];
+                                    im2col(x_i, &g, cols, framed);
                                     let cols = Mat::row_major(cols, field, positions);
                                     gemm(&mut dw_t, cols, g_image(i).t(), true);
                                 }
@@ -481,9 +508,10 @@ impl Tensor {
                         let pairs = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
                         for ((t, b), &v) in pairs.zip(gy_row) {
                             let share = 0.0 + v / area; // the general loop adds onto 0.0
-                            for d in t.iter_mut().chain(b.iter_mut()) {
-                                d.write(share);
-                            }
+                            t[0].write(share);
+                            t[1].write(share);
+                            b[0].write(share);
+                            b[1].write(share);
                         }
                     }
                 })

@@ -165,6 +165,48 @@ pub(crate) fn for_each_chunk<T: Send>(
     }
 }
 
+/// Defines a function whose body is compiled three times, for AVX-512, for
+/// AVX2 and for the baseline, and which runs the version for the widest
+/// vectors this CPU has ([`widest_vectors`]).
+///
+/// [`with_wide_vectors`] does the same for a closure, but only if the
+/// compiler inlines the closure into its wide versions, and it declines
+/// for large ones (an im2col, a block of batch norm): those then run with
+/// the baseline's 4-wide vectors. Here the body is an `#[inline(always)]`
+/// function, so every version holds the whole loop. Closures passed as
+/// arguments should be small (a per-element formula). Each version does
+/// the same operations in the same order (no fused multiply-add), so all
+/// three give the same bits.
+macro_rules! multiversioned {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+            match $crate::autograd::kernels::widest_vectors() {
+                // SAFETY: `widest_vectors` found the CPU to support the feature.
+                #[cfg(target_arch = "x86_64")]
+                $crate::autograd::kernels::Width::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                $crate::autograd::kernels::Width::Avx2 => unsafe { avx2($($arg),*) },
+                $crate::autograd::kernels::Width::Baseline => body($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversioned;
+
 /// Runs `f`, compiled for 256-bit vector instructions (AVX2) when the CPU
 /// has them, else as built.
 ///
@@ -179,22 +221,62 @@ pub(crate) fn for_each_chunk<T: Send>(
 /// more of them at once.
 #[inline(always)]
 pub(crate) fn with_wide_vectors<R>(f: impl FnOnce() -> R) -> R {
+    match widest_vectors() {
+        // SAFETY: `widest_vectors` found the CPU to support the feature.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => unsafe { avx512(f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => unsafe { avx2(f) },
+        Width::Baseline => f(),
+    }
+}
+
+/// The vector instruction sets a loop can be compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Width {
+    /// 512-bit vectors: 16 `f32`.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// 256-bit vectors: 8 `f32`.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// What the crate is built for (SSE2's 4 `f32` on x86-64).
+    Baseline,
+}
+
+/// The widest vectors this CPU has, asked once.
+#[inline(always)]
+pub(crate) fn widest_vectors() -> Width {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
-        static HAS_AVX2: OnceLock<bool> = OnceLock::new();
-        if *HAS_AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2")) {
-            // SAFETY: the CPU was just found to support AVX2.
-            return unsafe { avx2(f) };
-        }
+        static WIDEST: OnceLock<Width> = OnceLock::new();
+        *WIDEST.get_or_init(|| {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                Width::Avx512
+            } else if std::arch::is_x86_feature_detected!("avx2") {
+                Width::Avx2
+            } else {
+                Width::Baseline
+            }
+        })
     }
-    f()
+    #[cfg(not(target_arch = "x86_64"))]
+    Width::Baseline
 }
 
 /// `f()` compiled with AVX2 enabled (see [`with_wide_vectors`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// `f()` compiled with AVX-512 enabled (see [`with_wide_vectors`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
@@ -296,11 +378,20 @@ pub(super) fn map(a: &ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync) -> ArrayD<f32>
     let xs = contiguous(a);
     let chunk = PARALLEL_THRESHOLD;
     let result = build(xs.len(), chunk, |index, dst| {
-        for (d, &x) in dst.iter_mut().zip(&xs[index * chunk..]) {
-            d.write(f(x));
-        }
+        map_values(dst, &xs[index * chunk..][..dst.len()], &f);
     });
     ArrayD::from_shape_vec(a.raw_dim(), result).expect("sizes match")
+}
+
+multiversioned! {
+    /// The loop of [`map`], compiled per vector width with `f` inlined:
+    /// inside a closure handed to [`with_wide_vectors`], a sigmoid (whose
+    /// `exp` is long) ran 4 values at a time.
+    fn map_values(dst: &mut [MaybeUninit<f32>], xs: &[f32], f: &impl Fn(f32) -> f32) {
+        for (d, &x) in dst.iter_mut().zip(xs) {
+            d.write(f(x));
+        }
+    }
 }
 
 /// `g · df(x, y)` element-wise for three same-shape arrays (the backward
@@ -316,12 +407,27 @@ pub(super) fn unary_backward(
     let chunk = PARALLEL_THRESHOLD;
     let result = build(gs.len(), chunk, |index, dst| {
         let start = index * chunk;
-        let (gs, xs, ys) = (&gs[start..], &xs[start..], &ys[start..]);
+        let n = dst.len();
+        let (gs, xs, ys) = (&gs[start..][..n], &xs[start..][..n], &ys[start..][..n]);
+        backward_values(dst, gs, xs, ys, &df);
+    });
+    ArrayD::from_shape_vec(g.raw_dim(), result).expect("sizes match")
+}
+
+multiversioned! {
+    /// The loop of [`unary_backward`], compiled per vector width as
+    /// [`map_values`] is.
+    fn backward_values(
+        dst: &mut [MaybeUninit<f32>],
+        gs: &[f32],
+        xs: &[f32],
+        ys: &[f32],
+        df: &impl Fn(f32, f32) -> f32,
+    ) {
         for (i, d) in dst.iter_mut().enumerate() {
             d.write(gs[i] * df(xs[i], ys[i]));
         }
-    });
-    ArrayD::from_shape_vec(g.raw_dim(), result).expect("sizes match")
+    }
 }
 
 /// Sums `g` down to `shape` (the reverse of broadcasting `shape` up to

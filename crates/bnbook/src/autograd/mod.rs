@@ -31,7 +31,7 @@
 
 mod conv;
 mod gemm;
-mod kernels;
+pub(crate) mod kernels;
 mod loss;
 mod ops;
 pub mod profile;
