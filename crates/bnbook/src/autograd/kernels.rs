@@ -103,28 +103,35 @@ impl Plan {
         }
     }
 
-    /// Where operand `i`'s values for the piece starting `within` values
-    /// into block `b` begin: contiguous operands start `within` into their
-    /// block, constant ones have their single value at the block's offset.
-    fn piece_start(&self, i: usize, b: usize, within: usize) -> usize {
-        let within = if self.operands[i].contiguous {
-            within
-        } else {
-            0
-        };
-        self.offset(i, b) + within
+    /// Where the first `K` operands' values for the piece starting `within`
+    /// values into block `b` begin: contiguous operands start `within` into
+    /// their block, constant ones have their single value at the block's
+    /// offset.
+    fn piece_starts<const K: usize>(&self, b: usize, within: usize) -> [usize; K] {
+        let mut starts = self.offsets::<K>(b);
+        for (start, operand) in starts.iter_mut().zip(&self.operands) {
+            if operand.contiguous {
+                *start += within;
+            }
+        }
+        starts
     }
 
-    /// Start offset of block `b` in operand `i`.
-    fn offset(&self, i: usize, mut b: usize) -> usize {
-        let strides = &self.operands[i].outer_strides;
-        let mut offset = 0;
+    /// Start offsets of block `b` in the first `K` operands. The block's
+    /// index along each outer axis is found once (one division per axis) and
+    /// serves every operand.
+    #[inline]
+    fn offsets<const K: usize>(&self, mut b: usize) -> [usize; K] {
+        let mut offsets = [0; K];
         for axis in (0..self.outer_shape.len()).rev() {
             let n = self.outer_shape[axis];
-            offset += (b % n) * strides[axis];
+            let index = b % n;
             b /= n;
+            for (offset, operand) in offsets.iter_mut().zip(&self.operands) {
+                *offset += index * operand.outer_strides[axis];
+            }
         }
-        offset
+        offsets
     }
 }
 
@@ -178,29 +185,37 @@ pub(crate) fn for_each_chunk<T: Send>(
 /// the same operations in the same order (no fused multiply-add), so all
 /// three give the same bits.
 macro_rules! multiversioned {
-    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    (
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident $(<$(const $cg:ident: $cgt:ty),+>)?
+        ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+    ) => {
         $(#[$attr])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name $(<$(const $cg: $cgt),+>)? ($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn body($($arg: $ty),*) $(-> $ret)? $body
+            fn body $(<$(const $cg: $cgt),+>)? ($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f")]
-            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
-                body($($arg),*)
+            unsafe fn avx512 $(<$(const $cg: $cgt),+>)? ($($arg: $ty),*) $(-> $ret)? {
+                body $(::<$($cg),+>)? ($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2")]
-            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
-                body($($arg),*)
+            unsafe fn avx2 $(<$(const $cg: $cgt),+>)? ($($arg: $ty),*) $(-> $ret)? {
+                body $(::<$($cg),+>)? ($($arg),*)
             }
             match $crate::autograd::kernels::widest_vectors() {
                 // SAFETY: `widest_vectors` found the CPU to support the feature.
                 #[cfg(target_arch = "x86_64")]
-                $crate::autograd::kernels::Width::Avx512 => unsafe { avx512($($arg),*) },
+                $crate::autograd::kernels::Width::Avx512 => unsafe {
+                    avx512 $(::<$($cg),+>)? ($($arg),*)
+                },
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
-                $crate::autograd::kernels::Width::Avx2 => unsafe { avx2($($arg),*) },
-                $crate::autograd::kernels::Width::Baseline => body($($arg),*),
+                $crate::autograd::kernels::Width::Avx2 => unsafe {
+                    avx2 $(::<$($cg),+>)? ($($arg),*)
+                },
+                $crate::autograd::kernels::Width::Baseline => body $(::<$($cg),+>)? ($($arg),*),
             }
         }
     };
@@ -340,37 +355,51 @@ pub(super) fn zip_with(
     let block = plan.block;
     let result = build_blocked(len, block, |index, within, dst| {
         let n = dst.len();
-        let (oa, ob) = (
-            plan.piece_start(0, index, within),
-            plan.piece_start(1, index, within),
-        );
-        match (ca, cb) {
+        let [oa, ob] = plan.piece_starts(index, within);
+        let xs = &xs[oa..][..if ca { n } else { 1 }];
+        let ys = &ys[ob..][..if cb { n } else { 1 }];
+        zip_piece(dst, xs, ys, &f);
+    });
+    ArrayD::from_shape_vec(IxDyn(out), result).expect("sizes match")
+}
+
+multiversioned! {
+    /// One piece of [`zip_with`]: `f(x, y)` for every value of `dst`, where
+    /// each operand holds either one value per output value or a single
+    /// constant (a slice of length 1).
+    fn zip_piece(
+        dst: &mut [MaybeUninit<f32>],
+        xs: &[f32],
+        ys: &[f32],
+        f: &impl Fn(f32, f32) -> f32,
+    ) {
+        let n = dst.len();
+        match (xs.len() == n, ys.len() == n) {
             (true, true) => {
-                for ((d, &x), &y) in dst.iter_mut().zip(&xs[oa..oa + n]).zip(&ys[ob..ob + n]) {
+                for ((d, &x), &y) in dst.iter_mut().zip(xs).zip(ys) {
                     d.write(f(x, y));
                 }
             }
             (true, false) => {
-                let y = ys[ob];
-                for (d, &x) in dst.iter_mut().zip(&xs[oa..oa + n]) {
+                let y = ys[0];
+                for (d, &x) in dst.iter_mut().zip(xs) {
                     d.write(f(x, y));
                 }
             }
             (false, true) => {
-                let x = xs[oa];
-                for (d, &y) in dst.iter_mut().zip(&ys[ob..ob + n]) {
+                let x = xs[0];
+                for (d, &y) in dst.iter_mut().zip(ys) {
                     d.write(f(x, y));
                 }
             }
             (false, false) => {
-                let v = f(xs[oa], ys[ob]);
+                let v = f(xs[0], ys[0]);
                 dst.iter_mut().for_each(|d| {
                     d.write(v);
                 });
             }
         }
-    });
-    ArrayD::from_shape_vec(IxDyn(out), result).expect("sizes match")
+    }
 }
 
 /// `f(x)` element-wise (a single operand, any layout).
@@ -544,91 +573,99 @@ pub(super) fn zip3(
     let block = plan.block;
     let result = build_blocked(xg.len(), block, |index, within, dst| {
         let n = dst.len();
-        let (oa, ob, og) = (
-            plan.piece_start(0, index, within),
-            plan.piece_start(1, index, within),
-            index * block + within,
-        );
+        let [oa, ob] = plan.piece_starts(index, within);
+        let og = index * block + within;
         let gs = &xg[og..og + n];
-        match (ca, cb) {
+        let xa = &xa[oa..][..if ca { n } else { 1 }];
+        let xb = &xb[ob..][..if cb { n } else { 1 }];
+        zip3_piece(dst, gs, xa, xb, &f);
+    });
+    ArrayD::from_shape_vec(g.raw_dim(), result).expect("sizes match")
+}
+
+multiversioned! {
+    /// One piece of [`zip3`]: `f(g, x, y)` for every value of `dst`, where
+    /// `gs` holds one value per output value and each of `xa`, `xb` either
+    /// as many or a single constant (a slice of length 1).
+    fn zip3_piece(
+        dst: &mut [MaybeUninit<f32>],
+        gs: &[f32],
+        xa: &[f32],
+        xb: &[f32],
+        f: &impl Fn(f32, f32, f32) -> f32,
+    ) {
+        let n = dst.len();
+        match (xa.len() == n, xb.len() == n) {
             (true, true) => {
-                for (((d, &g), &x), &y) in dst
-                    .iter_mut()
-                    .zip(gs)
-                    .zip(&xa[oa..oa + n])
-                    .zip(&xb[ob..ob + n])
-                {
+                for (((d, &g), &x), &y) in dst.iter_mut().zip(gs).zip(xa).zip(xb) {
                     d.write(f(g, x, y));
                 }
             }
             (true, false) => {
-                let y = xb[ob];
-                for ((d, &g), &x) in dst.iter_mut().zip(gs).zip(&xa[oa..oa + n]) {
+                let y = xb[0];
+                for ((d, &g), &x) in dst.iter_mut().zip(gs).zip(xa) {
                     d.write(f(g, x, y));
                 }
             }
             (false, true) => {
-                let x = xa[oa];
-                for ((d, &g), &y) in dst.iter_mut().zip(gs).zip(&xb[ob..ob + n]) {
+                let x = xa[0];
+                for ((d, &g), &y) in dst.iter_mut().zip(gs).zip(xb) {
                     d.write(f(g, x, y));
                 }
             }
             (false, false) => {
-                let (x, y) = (xa[oa], xb[ob]);
+                let (x, y) = (xa[0], xb[0]);
                 for (d, &g) in dst.iter_mut().zip(gs) {
                     d.write(f(g, x, y));
                 }
             }
         }
-    });
-    ArrayD::from_shape_vec(g.raw_dim(), result).expect("sizes match")
+    }
 }
 
-/// The loops of [`reduce_zip3`] for fixed inner strides `SA`, `SB`, `SC`.
-fn reduce_blocks<const SA: usize, const SB: usize, const SC: usize>(
-    plan: &Plan,
-    blocks: std::ops::Range<usize>,
-    into_one: bool,
-    [xa, xb, xc]: [&[f32]; 3],
-    result: &mut [f32],
-    f: &impl Fn(f32, f32, f32) -> f32,
-) {
-    let block = plan.block;
-    for index in blocks {
-        let (oa, ob, oc, ot) = (
-            plan.offset(0, index),
-            plan.offset(1, index),
-            plan.offset(2, index),
-            plan.offset(3, index),
-        );
-        // each operand's values for this block: `block` of them, or one constant
-        let (xa, xb, xc) = (
-            &xa[oa..][..(block - 1) * SA + 1],
-            &xb[ob..][..(block - 1) * SB + 1],
-            &xc[oc..][..(block - 1) * SC + 1],
-        );
-        if into_one {
-            // the target is one number for the whole block: eight running
-            // sums (lane `l` takes values l, l + 8, l + 16, …), added at the end
-            let mut acc = [0.0_f32; 8];
-            let full = block - block % 8;
-            for start in (0..full).step_by(8) {
-                let (a, b, c) = (
-                    lanes::<SA>(xa, start),
-                    lanes::<SB>(xb, start),
-                    lanes::<SC>(xc, start),
-                );
-                for lane in 0..8 {
-                    acc[lane] += f(a[lane], b[lane], c[lane]);
+multiversioned! {
+    /// The loops of [`reduce_zip3`] for fixed inner strides `SA`, `SB`, `SC`.
+    fn reduce_blocks<const SA: usize, const SB: usize, const SC: usize>(
+        plan: &Plan,
+        blocks: std::ops::Range<usize>,
+        into_one: bool,
+        operands: [&[f32]; 3],
+        result: &mut [f32],
+        f: &impl Fn(f32, f32, f32) -> f32,
+    ) {
+        let [xa, xb, xc] = operands;
+        let block = plan.block;
+        for index in blocks {
+            let [oa, ob, oc, ot] = plan.offsets(index);
+            // each operand's values for this block: `block` of them, or one constant
+            let (xa, xb, xc) = (
+                &xa[oa..][..(block - 1) * SA + 1],
+                &xb[ob..][..(block - 1) * SB + 1],
+                &xc[oc..][..(block - 1) * SC + 1],
+            );
+            if into_one {
+                // the target is one number for the whole block: eight running
+                // sums (lane `l` takes values l, l + 8, l + 16, …), added at the end
+                let mut acc = [0.0_f32; 8];
+                let full = block - block % 8;
+                for start in (0..full).step_by(8) {
+                    let (a, b, c) = (
+                        lanes::<SA>(xa, start),
+                        lanes::<SB>(xb, start),
+                        lanes::<SC>(xc, start),
+                    );
+                    for lane in 0..8 {
+                        acc[lane] += f(a[lane], b[lane], c[lane]);
+                    }
                 }
-            }
-            let tail: f32 = (full..block)
-                .map(|i| f(xa[i * SA], xb[i * SB], xc[i * SC]))
-                .sum();
-            result[ot] += acc.iter().sum::<f32>() + tail;
-        } else {
-            for (i, r) in result[ot..ot + block].iter_mut().enumerate() {
-                *r += f(xa[i * SA], xb[i * SB], xc[i * SC]);
+                let tail: f32 = (full..block)
+                    .map(|i| f(xa[i * SA], xb[i * SB], xc[i * SC]))
+                    .sum();
+                result[ot] += acc.iter().sum::<f32>() + tail;
+            } else {
+                for (i, r) in result[ot..ot + block].iter_mut().enumerate() {
+                    *r += f(xa[i * SA], xb[i * SB], xc[i * SC]);
+                }
             }
         }
     }
