@@ -170,11 +170,11 @@ fn the_cost_of_each_normalisation_is_described_as_measured() {
     for norm in ["LN", "IN", "GN"] {
         assert!((0.64..0.82).contains(&ratio(norm, 0)), "{norm}");
     }
-    // "at the fully connected slots, fused batch norm is about three times as
+    // "at the fully connected slots, fused batch norm is about twice as
     // slow as composed, while ... the other three costs about what their
     // composed versions do"
     for slot in [2, 3] {
-        assert!((2.3..3.8).contains(&ratio("BN", slot)), "slot {slot}");
+        assert!((1.6..2.7).contains(&ratio("BN", slot)), "slot {slot}");
         for norm in ["LN", "IN", "GN"] {
             assert!(
                 (0.8..1.25).contains(&ratio(norm, slot)),
@@ -182,12 +182,17 @@ fn the_cost_of_each_normalisation_is_described_as_measured() {
             );
         }
     }
-    // "fused batch norm is the cheapest and fused layer norm the most
-    // expensive ... the three per-example layers are within a tenth"
+    // "fused batch norm is the cheapest ... The three per-example layers are
+    // within a tenth of each other; in this run fused layer norm came out the
+    // most expensive, by a hair"
     let total = |norm: &str| ms(norm, true).iter().sum::<f64>();
     let others = [total("LN"), total("IN"), total("GN")];
     assert!(others.iter().all(|&t| total("BN") < t));
     assert!(total("LN") >= total("IN") && total("LN") >= total("GN"));
+    assert!(
+        total("LN") < 1.02 * total("IN").max(total("GN")),
+        "by a hair"
+    );
     assert!(total("LN") < 1.1 * total("GN").min(total("IN")));
 }
 

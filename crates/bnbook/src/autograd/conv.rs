@@ -155,7 +155,7 @@ multiversioned! {
             return;
         }
         if g.stride == 1 {
-            // LeNet's first convolution (padding 2): the im2col matrix of an
+            // d2l's plain LeNet's first convolution (padding 2): the im2col matrix of an
             // image with padding is that of the image framed by `padding`
             // zeros, without padding. Framing costs one small copy and saves
             // the clipping of every run at the edges and a pass zeroing the
@@ -206,8 +206,8 @@ fn im2col_unpadded(x: &[f32], g: &Geometry, cols: &mut [f32]) {
     }
 }
 
-/// `dst.copy_from_slice(src)` for im2col's short runs (one output row: 10
-/// or 28 values in LeNet), sixteen (or, for runs shorter than 16, eight)
+/// `dst.copy_from_slice(src)` for im2col's short runs (one output row: 24
+/// and 8 values in LeNet-BN, 28 and 10 in d2l's LeNet), sixteen (or, for runs shorter than 16, eight)
 /// values at a time, the last sixteen or eight ending at the run's end
 /// (overlapping the ones before when the length is not a multiple: those
 /// values are simply written twice).
@@ -238,7 +238,9 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
     let eight = |at: usize| -> [f32; 8] { src[at..at + 8].try_into().expect("eight values") };
     dst[..8].copy_from_slice(&eight(0));
-    dst[len - 8..].copy_from_slice(&eight(len - 8));
+    if len > 8 {
+        dst[len - 8..].copy_from_slice(&eight(len - 8));
+    }
 }
 
 multiversioned! {

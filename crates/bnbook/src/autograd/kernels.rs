@@ -222,16 +222,18 @@ macro_rules! multiversioned {
 }
 pub(crate) use multiversioned;
 
-/// Runs `f`, compiled for 256-bit vector instructions (AVX2) when the CPU
-/// has them, else as built.
+/// Runs `f`, compiled for AVX-512 or AVX2 when the CPU has them, else as
+/// built — *if the compiler inlines `f`*.
 ///
 /// The crate is built for the x86-64 baseline, whose SSE2 vectors hold 4
-/// `f32`; almost every x86-64 CPU of the last decade has AVX2, whose
-/// vectors hold 8. Code inlined into a `#[target_feature]` function is
-/// compiled for that feature, so the element-wise loops handed to this
-/// function (the bodies of [`for_each_chunk`], [`build`] and the
-/// batch-norm sums) get both versions, and the CPU is asked once which to
-/// run. The two give the same bits: each element sees the same operations
+/// `f32`; almost every x86-64 CPU of the last decade has AVX2 (8), many
+/// AVX-512 (16). Code inlined into a `#[target_feature]` function is
+/// compiled for that feature, but a closure is inlined only if the compiler
+/// finds it small enough: short loops handed to this function get the wide
+/// versions, long ones (a sigmoid with its `exp`, an im2col) were found in
+/// a profile to run 4 values at a time. Loops that matter are therefore
+/// written with [`multiversioned!`], which does not depend on that choice.
+/// All versions give the same bits: each element sees the same operations
 /// in the same order (no fused multiply-add; sums keep their lanes), only
 /// more of them at once.
 #[inline(always)]
