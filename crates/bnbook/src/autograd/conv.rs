@@ -250,6 +250,8 @@ multiversioned! {
         let positions = g.positions();
         if g.stride == 1 && g.padding == 0 {
             // the same walk as im2col's fast path, adding instead of copying
+            // (written out again rather than shared through a closure: a
+            // closure is not reliably inlined into the wide versions)
             let mut rows = cols[..g.field() * positions].chunks_exact(positions);
             for c in 0..g.c {
                 for ky in 0..g.kh {
@@ -297,6 +299,16 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
             scratch.resize(len, 0.0);
         }
         f(&mut scratch[..len])
+    })
+}
+
+/// Runs `f(cols, framed)` on this thread's scratch space: room for one
+/// image's im2col matrix and for the framed image [`im2col`] may need.
+fn with_im2col_scratch<R>(g: &Geometry, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    let cols_len = g.field() * g.positions();
+    with_scratch(cols_len + g.framed_len(), |scratch| {
+        let (cols, framed) = scratch.split_at_mut(cols_len);
+        f(cols, framed)
     })
 }
 
@@ -357,8 +369,7 @@ impl Tensor {
                 .enumerate()
                 .for_each(|(i, y_i)| {
                     with_wide_vectors(|| {
-                        with_scratch(field * positions + g.framed_len(), |scratch| {
-                            let (cols, framed) = scratch.split_at_mut(field * positions);
+                        with_im2col_scratch(&g, |cols, framed| {
                             im2col(&x[i * g.image_len()..][..g.image_len()], &g, cols, framed);
                             let cols = Mat::row_major(cols, field, positions);
                             gemm(y_i, w_mat, cols, false); // Y_i = W · cols_i
@@ -410,8 +421,7 @@ impl Tensor {
                         let images =
                             chunk * IMAGES_PER_CHUNK..((chunk + 1) * IMAGES_PER_CHUNK).min(g.n);
                         with_wide_vectors(|| {
-                            with_scratch(field * positions + g.framed_len(), |scratch| {
-                                let (cols, framed) = scratch.split_at_mut(field * positions);
+                            with_im2col_scratch(&g, |cols, framed| {
                                 for i in images {
                                     let x_i = &x[i * g.image_len()..][..g.image_len()];
                                     im2col(x_i, &g, cols, framed);
