@@ -253,6 +253,52 @@ multiversioned! {
     }
 }
 
+multiversioned! {
+    /// `Σ f(x)` over a block in eight running `f64` sums (lane `l` takes
+    /// values `l, l + 8, …`); the values past the last whole eight are
+    /// added first, then the lanes in order. Layer, instance and group norm
+    /// take their row statistics this way: a row holds thousands of values,
+    /// and one running total would make each addition wait for the last.
+    pub(crate) fn lane_sum_f64(xs: &[f32], f: &impl Fn(f32) -> f64) -> f64 {
+        let mut acc = [0.0_f64; 8];
+        let mut chunks = xs.chunks_exact(8);
+        for chunk in &mut chunks {
+            for l in 0..8 {
+                acc[l] += f(chunk[l]);
+            }
+        }
+        let tail: f64 = chunks.remainder().iter().map(|&x| f(x)).sum();
+        tail + acc.iter().sum::<f64>()
+    }
+}
+
+multiversioned! {
+    /// `(Σ a, Σ b)` of `(a, b) = pair(x, g)` over two blocks of the same
+    /// length, with [`lane_sum_f64`]'s eight `f64` lanes for each.
+    pub(crate) fn lane_sums_f64(
+        xs: &[f32],
+        gs: &[f32],
+        pair: &impl Fn(f32, f32) -> (f64, f64),
+    ) -> (f64, f64) {
+        let (mut acc_a, mut acc_b) = ([0.0_f64; 8], [0.0_f64; 8]);
+        let (mut x_chunks, mut g_chunks) = (xs.chunks_exact(8), gs.chunks_exact(8));
+        for (xc, gc) in (&mut x_chunks).zip(&mut g_chunks) {
+            for l in 0..8 {
+                let (a, b) = pair(xc[l], gc[l]);
+                acc_a[l] += a;
+                acc_b[l] += b;
+            }
+        }
+        let (mut a, mut b) = (0.0, 0.0);
+        for (&x, &g) in x_chunks.remainder().iter().zip(g_chunks.remainder()) {
+            let (pa, pb) = pair(x, g);
+            a += pa;
+            b += pb;
+        }
+        (a + acc_a.iter().sum::<f64>(), b + acc_b.iter().sum::<f64>())
+    }
+}
+
 /// Per-channel mean and biased variance: two passes (the second sums
 /// squared deviations from the mean, which loses no precision to
 /// cancellation), block sums in `f32` lanes, channel totals in `f64`.

@@ -46,7 +46,8 @@
 //! book use the per-channel version, so that batch norm and layer norm runs
 //! differ in nothing but the axes of the statistics.
 
-use crate::autograd::Tensor;
+use crate::autograd::{Tensor, build};
+use crate::concise::{lane_sum_f64, lane_sums_f64};
 use crate::error::{Error, Result};
 use crate::nn::{Mode, Module, check_eps, check_parameter};
 use crate::parallel::*;
@@ -144,27 +145,27 @@ fn row_length(x: &Tensor, rows: usize) -> usize {
 pub fn standardize_rows_fused(x: &Tensor, rows: usize, eps: f32) -> Tensor {
     let k = row_length(x, rows);
     let shape = x.shape();
-    let input = x.value().as_standard_layout().into_owned();
+    let input = x.value();
+    let input = input.as_standard_layout();
     let values = input.as_slice().expect("standard layout");
-    // forward, one row per task: the row's mean and 1/σ, then x̂
-    let mut x_hat = vec![0.0_f32; values.len()];
-    let stats: Vec<(f32, f32)> = x_hat
-        .par_chunks_mut(k)
-        .zip(values.par_chunks(k))
-        .map(|(out, row)| {
-            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / k as f64;
-            let var = row
-                .iter()
-                .map(|&v| (f64::from(v) - mean).powi(2))
-                .sum::<f64>()
-                / k as f64;
-            let (mean, inv_std) = (mean as f32, (1.0 / (var + f64::from(eps)).sqrt()) as f32);
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = (v - mean) * inv_std;
-            }
-            (mean, inv_std)
+    // forward: each row's mean and 1/σ (one row per task; sums in f64, in
+    // eight running lanes: see lane_sum_f64) ...
+    let stats: Vec<(f32, f32)> = values
+        .par_chunks(k)
+        .map(|row| {
+            let mean = lane_sum_f64(row, &|v| f64::from(v)) / k as f64;
+            let var = lane_sum_f64(row, &|v| (f64::from(v) - mean).powi(2)) / k as f64;
+            (mean as f32, (1.0 / (var + f64::from(eps)).sqrt()) as f32)
         })
         .collect();
+    // ... then x̂, written row by row into fresh memory
+    let x_hat = build(values.len(), k, |r, out| {
+        let (mean, inv_std) = stats[r];
+        for (o, &v) in out.iter_mut().zip(&values[r * k..]) {
+            o.write((v - mean) * inv_std);
+        }
+    });
+    drop(input);
     let y = ArrayD::from_shape_vec(IxDyn(&shape), x_hat).expect("same size");
 
     Tensor::from_op("standardize_rows_fused", y, &[x], move |ctx| {
@@ -172,23 +173,19 @@ pub fn standardize_rows_fused(x: &Tensor, rows: usize, eps: f32) -> Tensor {
         let x = x.as_slice().expect("standard layout");
         let g = ctx.grad.as_standard_layout();
         let g = g.as_slice().expect("standard layout");
-        let mut dx = vec![0.0_f32; x.len()];
-        dx.par_chunks_mut(k)
-            .zip(x.par_chunks(k).zip(g.par_chunks(k)))
-            .zip(&stats)
-            .for_each(|((d, (xr, gr)), &(mean, inv_std))| {
-                // the row's mean(g) and mean(g·x̂) ...
-                let (mut sum_g, mut sum_gx) = (0.0_f32, 0.0_f32);
-                for (&xv, &gv) in xr.iter().zip(gr) {
-                    sum_g += gv;
-                    sum_gx += gv * (xv - mean) * inv_std;
-                }
-                let (mean_g, mean_gx) = (sum_g / k as f32, sum_gx / k as f32);
-                // ... and ∂L/∂x = (g − mean(g) − x̂·mean(g·x̂)) / σ
-                for ((dv, &xv), &gv) in d.iter_mut().zip(xr).zip(gr) {
-                    *dv = inv_std * (gv - mean_g - (xv - mean) * inv_std * mean_gx);
-                }
+        let dx = build(x.len(), k, |r, d| {
+            let (mean, inv_std) = stats[r];
+            let (xr, gr) = (&x[r * k..][..k], &g[r * k..][..k]);
+            // the row's mean(g) and mean(g·x̂) ...
+            let (sum_g, sum_gx) = lane_sums_f64(xr, gr, &|xv, gv| {
+                (f64::from(gv), f64::from(gv * (xv - mean) * inv_std))
             });
+            let (mean_g, mean_gx) = ((sum_g / k as f64) as f32, (sum_gx / k as f64) as f32);
+            // ... and ∂L/∂x = (g − mean(g) − x̂·mean(g·x̂)) / σ
+            for ((dv, &xv), &gv) in d.iter_mut().zip(xr).zip(gr) {
+                dv.write(inv_std * (gv - mean_g - (xv - mean) * inv_std * mean_gx));
+            }
+        });
         vec![Some(
             ArrayD::from_shape_vec(IxDyn(ctx.input(0).shape()), dx).expect("same size"),
         )]

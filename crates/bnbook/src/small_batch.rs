@@ -33,6 +33,7 @@
 use crate::autograd::{Tensor, with_wide_vectors};
 use crate::concise::{
     BatchNormOptions, ConciseBatchNorm, RunningVariance, batch_norm_fused, build_blocks,
+    lane_sums_f64,
 };
 use crate::error::{Error, Result};
 use crate::models::ModelKind;
@@ -185,8 +186,9 @@ fn group_sums(
                 for row in rows {
                     for (ch, sum) in partial.iter_mut().enumerate() {
                         let at = (row * c + ch) * s;
-                        let (a, b) =
-                            lane_sums(&xs[at..][..s], &gs[at..][..s], |x, g| pair(k, ch, x, g));
+                        let (a, b) = lane_sums_f64(&xs[at..][..s], &gs[at..][..s], &|x, g| {
+                            pair(k, ch, x, g)
+                        });
                         sum.0 += a;
                         sum.1 += b;
                     }
@@ -204,28 +206,6 @@ fn group_sums(
         }
     }
     sums
-}
-
-/// `(Σ a, Σ b)` of `(a, b) = pair(x, g)` over two blocks of the same length,
-/// in eight running `f64` sums each.
-#[inline(always)]
-fn lane_sums(xs: &[f32], gs: &[f32], pair: impl Fn(f32, f32) -> (f64, f64)) -> (f64, f64) {
-    let (mut acc_a, mut acc_b) = ([0.0_f64; 8], [0.0_f64; 8]);
-    let (mut x_chunks, mut g_chunks) = (xs.chunks_exact(8), gs.chunks_exact(8));
-    for (xc, gc) in (&mut x_chunks).zip(&mut g_chunks) {
-        for l in 0..8 {
-            let (a, b) = pair(xc[l], gc[l]);
-            acc_a[l] += a;
-            acc_b[l] += b;
-        }
-    }
-    let (mut a, mut b) = (0.0, 0.0);
-    for (&x, &g) in x_chunks.remainder().iter().zip(g_chunks.remainder()) {
-        let (pa, pb) = pair(x, g);
-        a += pa;
-        b += pb;
-    }
-    (a + acc_a.iter().sum::<f64>(), b + acc_b.iter().sum::<f64>())
 }
 
 /// The all-reduce of synchronised batch norm: every worker's per-channel
