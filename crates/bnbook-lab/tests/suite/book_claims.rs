@@ -90,10 +90,11 @@ fn the_comparison_of_normalisations_says_what_its_runs_show() {
             );
         }
     }
-    // "Layer norm's mean test accuracy is ahead of no normalisation by less
-    // than the noise margin" (a point or two)
+    // "Layer norm's mean test accuracy is ahead of no normalisation by under
+    // three points, not much more than the noise margin" (a point or two)
     let ln = of(&all, "lenet-ln");
-    assert!(mean(&ln, test) - mean(&none, test) <= 0.02);
+    let ahead = mean(&ln, test) - mean(&none, test);
+    assert!((0.015..0.03).contains(&ahead), "{ahead}");
     // "Batch norm trains fastest by a clear margin": lowest loss, highest
     // training accuracy
     let bn = of(&all, "lenet-bn-concise");
@@ -108,7 +109,7 @@ fn the_comparison_of_normalisations_says_what_its_runs_show() {
     let (r#in, gn) = (of(&all, "lenet-in"), of(&all, "lenet-gn"));
     assert!(mean(&r#in, test) > mean(&gn, test) && mean(&gn, test) > mean(&ln, test));
     assert!(mean(&gn, final_loss) > mean(&ln, final_loss));
-    // "the seeds of one normalisation differ by up to four points"
+    // "the seeds of one normalisation differ by up to about four points"
     for model in [
         "lenet-no-norm",
         "lenet-bn-concise",
@@ -119,16 +120,25 @@ fn the_comparison_of_normalisations_says_what_its_runs_show() {
         let accs: Vec<f64> = of(&all, model).iter().map(|h| test(h)).collect();
         let spread = accs.iter().fold(0.0_f64, |m, &a| m.max(a))
             - accs.iter().fold(1.0_f64, |m, &a| m.min(a));
-        assert!(spread <= 0.04, "{model}: {spread}");
+        assert!(spread <= 0.045, "{model}: {spread}");
     }
-    // the sweep's point at 256 is epoch 3 of these runs: "one [layer-norm]
-    // seed ... at chance on the test set after its third epoch, although its
-    // training accuracy is like the others' ... recovering in the next
-    // epoch"; "batch norm's training loss fell in every epoch of every run"
-    let at_chance: Vec<&&History> = ln.iter().filter(|h| h.history[2].test_acc < 0.15).collect();
-    assert_eq!(at_chance.len(), 1);
-    let h = at_chance[0];
-    assert!(h.history[2].train_acc > 0.65 && h.history[3].test_acc > 0.6);
+    // the sweep's point at 256 is epoch 3 of these runs: "after its third
+    // epoch the lowest [layer-norm seed] is about eleven points of test
+    // accuracy below the highest, although its training accuracy is like the
+    // others' ... catching up in the next epoch"; "batch norm's training
+    // loss fell in every epoch of every run"
+    let by_epoch_3 = |h: &&History| h.history[2].test_acc;
+    let lowest = ln
+        .iter()
+        .min_by(|a, b| by_epoch_3(a).total_cmp(&by_epoch_3(b)));
+    let lowest = lowest.expect("three seeds");
+    let highest = ln.iter().map(|h| h.history[2].test_acc).fold(0.0, f64::max);
+    let gap = highest - lowest.history[2].test_acc;
+    assert!((0.1..0.125).contains(&gap), "{gap}");
+    for h in &ln {
+        assert!((h.history[2].train_acc - lowest.history[2].train_acc).abs() < 0.015);
+    }
+    assert!(lowest.history[3].test_acc > highest - 0.01, "catching up");
     for h in &bn {
         assert!(
             h.history.windows(2).all(|w| w[1].loss < w[0].loss),
@@ -165,35 +175,39 @@ fn the_cost_of_each_normalisation_is_described_as_measured() {
     for slot in [0, 1] {
         assert!((0.2..0.35).contains(&ratio("BN", slot)), "slot {slot}");
     }
-    // "the fused versions of layer, instance and group norm save only a fifth
-    // to a third at the first one"
+    // "the fused versions of layer, instance and group norm a little under
+    // half" (at both convolutional slots)
     for norm in ["LN", "IN", "GN"] {
-        assert!((0.64..0.82).contains(&ratio(norm, 0)), "{norm}");
+        for slot in [0, 1] {
+            assert!(
+                (0.35..0.52).contains(&ratio(norm, slot)),
+                "{norm} slot {slot}"
+            );
+        }
     }
     // "at the fully connected slots, fused batch norm is about twice as
-    // slow as composed, while ... the other three costs about what their
-    // composed versions do"
+    // slow as composed, while the fused row operation of the other three
+    // takes about half to two thirds of the time of their composed versions"
     for slot in [2, 3] {
         assert!((1.6..2.7).contains(&ratio("BN", slot)), "slot {slot}");
         for norm in ["LN", "IN", "GN"] {
             assert!(
-                (0.8..1.25).contains(&ratio(norm, slot)),
+                (0.42..0.75).contains(&ratio(norm, slot)),
                 "{norm} slot {slot}"
             );
         }
     }
     // "fused batch norm is the cheapest ... The three per-example layers are
-    // within a tenth of each other; in this run fused layer norm came out the
-    // most expensive, by a hair"
+    // within a tenth of each other"
     let total = |norm: &str| ms(norm, true).iter().sum::<f64>();
     let others = [total("LN"), total("IN"), total("GN")];
     assert!(others.iter().all(|&t| total("BN") < t));
-    assert!(total("LN") >= total("IN") && total("LN") >= total("GN"));
-    assert!(
-        total("LN") < 1.02 * total("IN").max(total("GN")),
-        "by a hair"
-    );
-    assert!(total("LN") < 1.1 * total("GN").min(total("IN")));
+    let (lowest, highest) = others
+        .iter()
+        .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &t| {
+            (lo.min(t), hi.max(t))
+        });
+    assert!(highest < 1.1 * lowest, "within a tenth");
 }
 
 #[test]
