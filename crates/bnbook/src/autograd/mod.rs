@@ -238,6 +238,13 @@ impl Tensor {
         self.0.requires_grad
     }
 
+    /// Whether this tensor was made directly (a parameter or a constant)
+    /// rather than computed by a recorded operation. Only leaves keep a
+    /// gradient after [`backward`](Tensor::backward).
+    pub fn is_leaf(&self) -> bool {
+        self.0.backward.is_none()
+    }
+
     /// The name of the operation that produced this tensor
     /// (`"parameter"` and `"constant"` for leaves).
     pub fn op(&self) -> &'static str {
@@ -286,8 +293,11 @@ impl Tensor {
     }
 
     /// Back-propagates from a scalar (e.g. the loss): after this call every
-    /// tensor in the graph that requires a gradient holds
-    /// ∂self/∂tensor in its `grad`, *added* to what was there.
+    /// leaf of the graph that requires a gradient (a parameter, or an input
+    /// made with [`Tensor::parameter`]) holds ∂self/∂leaf in its `grad`,
+    /// *added* to what was there. Results of operations keep no gradient:
+    /// each one's is freed as soon as it has been passed on (PyTorch, too,
+    /// keeps `.grad` only on leaves).
     ///
     /// # Panics
     /// If `self` has more than one element; use
@@ -324,6 +334,12 @@ impl Tensor {
         // One reverse sweep over the nodes in topological order.
         for node in self.topological_order().iter().rev() {
             node.propagate();
+            if !node.is_leaf() {
+                // An intermediate result's gradient has been passed on and is
+                // needed no more: free it now, as PyTorch does, instead of
+                // keeping a full-size array per operation until the graph goes.
+                node.0.grad.borrow_mut().take();
+            }
         }
     }
     // ANCHOR_END: backward_with

@@ -264,12 +264,12 @@ impl FashionMnist {
     ) -> Result<FashionMnist, DataError> {
         let [train_images, train_labels, test_images, test_labels] = read_all(files, verify)?;
         let train = build_split(
-            (files.path(FileKind::TrainImages), &train_images),
+            (files.path(FileKind::TrainImages), train_images),
             (files.path(FileKind::TrainLabels), &train_labels),
             limit,
         )?;
         let test = build_split(
-            (files.path(FileKind::TestImages), &test_images),
+            (files.path(FileKind::TestImages), test_images),
             (files.path(FileKind::TestLabels), &test_labels),
             limit,
         )?;
@@ -346,13 +346,13 @@ pub(crate) fn check_file(
 }
 
 /// Builds a split from the checked bytes of its image and label files,
-/// keeping at most `limit` examples.
+/// keeping at most `limit` examples. The images stay in the file's buffer.
 fn build_split(
-    (images_path, image_bytes): (&Path, &[u8]),
+    (images_path, image_bytes): (&Path, Vec<u8>),
     (labels_path, label_bytes): (&Path, &[u8]),
     limit: Option<usize>,
 ) -> Result<Split, DataError> {
-    let (count, pixels) = idx::parse_images(images_path, image_bytes)?;
+    let (count, _) = idx::parse_images(images_path, &image_bytes)?;
     let labels = idx::parse_labels(labels_path, label_bytes)?;
     if count != labels.len() {
         return Err(DataError::CountMismatch {
@@ -364,7 +364,7 @@ fn build_split(
     }
     let kept = limit.map_or(count, |limit| limit.min(count));
     Ok(Split {
-        pixels: idx::pixels_to_array(pixels, kept),
+        pixels: idx::images_into_array(image_bytes, kept),
         labels: labels[..kept].to_vec(),
     })
 }
