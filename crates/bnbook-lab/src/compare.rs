@@ -19,6 +19,7 @@
 
 use crate::largest_difference;
 use crate::report::{Manifest, Writer};
+use crate::side_by_side::side_by_side;
 use bnbook::Tensor;
 use bnbook::concise::{BatchNorm1d, BatchNormOptions};
 use bnbook::data::FashionMnist;
@@ -296,7 +297,7 @@ fn train_run(data: &FashionMnist, model: ModelKind, config: &TrainConfig) -> Res
 /// # Errors
 /// If a run fails.
 pub fn accuracy_runs(data: &FashionMnist, config: &CompareConfig) -> Result<Vec<History>> {
-    let mut runs = Vec::new();
+    let mut jobs = Vec::new();
     for norm in Normalization::ALL {
         let model = ModelKind::with_normalization(norm);
         for &seed in &config.seeds {
@@ -304,12 +305,14 @@ pub fn accuracy_runs(data: &FashionMnist, config: &CompareConfig) -> Result<Vec<
                 epochs: config.epochs,
                 seed,
                 limit: config.limit,
+                // runs go side by side: their epoch lines are the progress
+                progress: false,
                 ..TrainConfig::d2l(model)
             };
-            runs.push(train_run(data, model, &train)?);
+            jobs.push((model, train));
         }
     }
-    Ok(runs)
+    side_by_side(jobs, |(model, train)| train_run(data, model, &train))
 }
 
 /// One run of the batch-size sweep.
@@ -334,27 +337,31 @@ pub fn scaled_lr(base_lr: f32, batch_size: usize) -> f32 {
 /// # Errors
 /// If a run fails.
 pub fn batch_size_sweep(data: &FashionMnist, config: &CompareConfig) -> Result<Vec<SweepRun>> {
-    let mut runs = Vec::new();
+    let mut jobs = Vec::new();
     for &norm in &config.sweep_norms {
-        let model = ModelKind::with_normalization(norm);
         for &batch_size in &config.sweep_batch_sizes {
             for &seed in &config.sweep_seeds {
-                let train = TrainConfig {
-                    epochs: config.sweep_epochs,
-                    batch_size,
-                    lr: scaled_lr(model.default_lr(), batch_size),
-                    seed,
-                    limit: config.sweep_limit,
-                    progress: true,
-                };
-                runs.push(SweepRun {
-                    normalization: norm.label().to_string(),
-                    history: train_run(data, model, &train)?,
-                });
+                jobs.push((norm, batch_size, seed));
             }
         }
     }
-    Ok(runs)
+    // independent runs, one thread each, as many at once as there are threads
+    side_by_side(jobs, |(norm, batch_size, seed)| {
+        let model = ModelKind::with_normalization(norm);
+        let train = TrainConfig {
+            epochs: config.sweep_epochs,
+            batch_size,
+            lr: scaled_lr(model.default_lr(), batch_size),
+            seed,
+            limit: config.sweep_limit,
+            progress: false, // the epoch lines are the progress
+        };
+        let history = train_run(data, model, &train)?;
+        Ok(SweepRun {
+            normalization: norm.label().to_string(),
+            history,
+        })
+    })
 }
 // ANCHOR_END: sweep
 
@@ -535,12 +542,18 @@ fn accuracy_markdown(runs: &[History], config: &CompareConfig) -> String {
         );
     }
     md += &format!(
-        "\nBatch 256, lr 1.0, {} epochs, seeds {:?}{}; accuracy after the last epoch.\n",
+        "\nBatch 256, lr 1.0, {} epochs, seeds {:?}{}; accuracy after the last epoch. \
+         Examples/s: median over epochs, mean over seeds, each run on one thread with {} \
+         (see `side_by_side`).\n",
         config.epochs,
         config.seeds,
         match config.limit {
             Some(n) => format!(", first {n} training and test examples only"),
             None => String::new(),
+        },
+        match rayon::current_num_threads() {
+            1 => "the runs one after the other".to_string(),
+            t => format!("{t} runs side by side"),
         }
     );
     md

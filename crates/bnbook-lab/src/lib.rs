@@ -17,7 +17,9 @@
 //!   renormalised, frozen and synchronised batch norm (`bnbook inference`);
 //! * [`bench`](mod@bench) — timing of training steps and evaluation passes
 //!   (`bnbook bench`);
-//! * [`report`] — the output directory, its manifest and the run time.
+//! * [`report`] — the output directory, its manifest and the run time;
+//! * [`side_by_side`](mod@side_by_side) — independent training runs, one
+//!   thread each, as many at once as there are threads.
 //!
 //! The `bnbook` command (feature `cli`, on by default) is the front end. A
 //! notebook that calls the experiments loads this crate with
@@ -33,6 +35,7 @@ pub mod exercises;
 pub mod figures;
 pub mod inference;
 pub mod report;
+pub mod side_by_side;
 pub mod web_data;
 
 /// The largest absolute difference between two arrays of the same shape
