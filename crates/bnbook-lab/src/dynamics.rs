@@ -19,6 +19,7 @@
 //! 7. the same two networks trained longer.
 
 use crate::report::{Manifest, Writer, plural};
+use crate::side_by_side::side_by_side;
 use bnbook::data::FashionMnist;
 use bnbook::dynamics::{Trace, TraceOptions, Variant, train_traced};
 use bnbook::error::{Error, Result};
@@ -161,7 +162,8 @@ impl DynamicsConfig {
             lr,
             seed,
             limit: self.limit,
-            progress: true,
+            // runs go side by side (see side_by_side): their epoch lines are the progress
+            progress: false,
             ..TrainConfig::d2l(ModelKind::LenetBn)
         }
     }
@@ -200,16 +202,15 @@ fn plain_run(data: &FashionMnist, variant: Variant, config: &TrainConfig) -> Res
 /// # Errors
 /// If a run fails.
 pub fn lr_sweep(data: &FashionMnist, config: &DynamicsConfig) -> Result<Vec<History>> {
-    let mut runs = Vec::new();
+    let mut jobs = Vec::new();
     for variant in [Variant::BATCH_NORM, Variant::NO_NORM] {
         for &lr in &config.learning_rates {
             for &seed in &config.seeds {
-                let train = config.train_config(config.sweep_epochs, lr, seed);
-                runs.push(plain_run(data, variant, &train)?);
+                jobs.push((variant, config.train_config(config.sweep_epochs, lr, seed)));
             }
         }
     }
-    Ok(runs)
+    side_by_side(jobs, |(variant, train)| plain_run(data, variant, &train))
 }
 
 /// A run that recorded activations and gradients.
@@ -237,8 +238,13 @@ pub fn traced_runs(data: &FashionMnist, config: &DynamicsConfig) -> Result<Vec<T
     let lr = learning_rate();
     let mut variants: Vec<Variant> = config.variants()[..2 * config.weight_scales.len()].to_vec();
     variants.push(Variant::BATCH_NORM.with_noise(config.noise));
-    let mut runs = Vec::new();
+    let mut jobs = Vec::new();
     for variant in variants {
+        for &seed in &config.seeds {
+            jobs.push((variant, seed));
+        }
+    }
+    side_by_side(jobs, |(variant, seed)| {
         let probe = variant.weight_scale == 1.0 && variant.noise.is_none();
         let options = TraceOptions {
             records_per_epoch: config.records_per_epoch,
@@ -248,33 +254,30 @@ pub fn traced_runs(data: &FashionMnist, config: &DynamicsConfig) -> Result<Vec<T
             },
             ..TraceOptions::default()
         };
-        for &seed in &config.seeds {
-            let train = config.train_config(config.epochs, lr, seed);
-            let mut net = variant.build(seed)?;
-            let name = variant.name();
-            let started = Instant::now();
-            let (history, trace) = train_traced(
-                &mut net,
-                &name,
-                data,
-                &train,
-                &options,
-                announce(&name, &train),
-            )?;
-            println!(
-                "{name} seed {seed}: {:.0} s",
-                started.elapsed().as_secs_f64()
-            );
-            runs.push(TracedRun {
-                variant: name,
-                weight_scale: variant.weight_scale,
-                noise: variant.noise.is_some(),
-                history,
-                trace,
-            });
-        }
-    }
-    Ok(runs)
+        let train = config.train_config(config.epochs, lr, seed);
+        let mut net = variant.build(seed)?;
+        let name = variant.name();
+        let started = Instant::now();
+        let (history, trace) = train_traced(
+            &mut net,
+            &name,
+            data,
+            &train,
+            &options,
+            announce(&name, &train),
+        )?;
+        println!(
+            "{name} seed {seed}: {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(TracedRun {
+            variant: name,
+            weight_scale: variant.weight_scale,
+            noise: variant.noise.is_some(),
+            history,
+            trace,
+        })
+    })
 }
 
 /// Experiments 6 and 7: `variants` trained with `train` for `epochs` at
@@ -288,14 +291,13 @@ pub fn plain_runs(
     variants: &[Variant],
     epochs: usize,
 ) -> Result<Vec<History>> {
-    let mut runs = Vec::new();
+    let mut jobs = Vec::new();
     for &variant in variants {
         for &seed in &config.seeds {
-            let train = config.train_config(epochs, learning_rate(), seed);
-            runs.push(plain_run(data, variant, &train)?);
+            jobs.push((variant, config.train_config(epochs, learning_rate(), seed)));
         }
     }
-    Ok(runs)
+    side_by_side(jobs, |(variant, train)| plain_run(data, variant, &train))
 }
 
 // ----- numbers over seeds -----

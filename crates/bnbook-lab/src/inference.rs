@@ -21,6 +21,7 @@
 use crate::bench::median;
 use crate::compare::{mean, mean_and_range, scaled_lr};
 use crate::report::{Manifest, Writer, plural};
+use crate::side_by_side::side_by_side;
 use bnbook::Tensor;
 use bnbook::autograd::no_grad;
 use bnbook::concise::{BatchNorm1d, BatchNorm2d, BatchNormOptions, ConciseBatchNorm};
@@ -820,7 +821,7 @@ fn variant_run(
         lr: scaled_lr(1.0, batch_size),
         seed,
         limit: config.sweep_limit,
-        progress: true,
+        progress: false, // runs go side by side: their epoch lines are the progress
     };
     let label = variant.label();
     let started = Instant::now();
@@ -867,7 +868,7 @@ fn steps_per_epoch(data: &FashionMnist, limit: Option<usize>, batch_size: usize)
 /// # Errors
 /// If a run fails.
 pub fn small_batch_sweep(data: &FashionMnist, config: &InferenceConfig) -> Result<Vec<VariantRun>> {
-    let mut runs = Vec::new();
+    let mut jobs = Vec::new();
     for &b in &config.sweep_batch_sizes {
         let warm_up_steps = steps_per_epoch(data, config.sweep_limit, b);
         let averaging = BatchNormOptions {
@@ -888,11 +889,14 @@ pub fn small_batch_sweep(data: &FashionMnist, config: &InferenceConfig) -> Resul
         ];
         for (variant, options) in variants {
             for &seed in &config.seeds {
-                runs.push(variant_run(data, config, variant, options, (b, b, seed))?);
+                jobs.push((variant, options, (b, b, seed)));
             }
         }
     }
-    Ok(runs)
+    // independent runs, one thread each, as many at once as there are threads
+    side_by_side(jobs, |(variant, options, sizes)| {
+        variant_run(data, config, variant, options, sizes)
+    })
 }
 
 /// Batch 256 split over workers: per-worker batch norm (ghost batches of
@@ -902,35 +906,25 @@ pub fn small_batch_sweep(data: &FashionMnist, config: &InferenceConfig) -> Resul
 /// # Errors
 /// If a run fails.
 pub fn per_worker_runs(data: &FashionMnist, config: &InferenceConfig) -> Result<Vec<VariantRun>> {
-    let mut runs = Vec::new();
-    let d2l = BatchNormOptions::d2l();
+    let mut jobs = Vec::new();
     for &size in &config.worker_batch_sizes {
         for &seed in &config.seeds {
             let ghost = BatchNormKind::Ghost {
                 ghost_batch_size: size,
             };
-            runs.push(variant_run(
-                data,
-                config,
-                ghost,
-                d2l,
-                (SPLIT_BATCH, size, seed),
-            )?);
+            jobs.push((ghost, (SPLIT_BATCH, size, seed)));
         }
     }
     let sync = BatchNormKind::Synchronised {
         workers: config.sync_workers,
     };
     for &seed in &config.seeds {
-        runs.push(variant_run(
-            data,
-            config,
-            sync,
-            d2l,
-            (SPLIT_BATCH, SPLIT_BATCH, seed),
-        )?);
+        jobs.push((sync, (SPLIT_BATCH, SPLIT_BATCH, seed)));
     }
-    Ok(runs)
+    // independent runs, one thread each, as many at once as there are threads
+    side_by_side(jobs, |(variant, sizes)| {
+        variant_run(data, config, variant, BatchNormOptions::d2l(), sizes)
+    })
 }
 
 /// How far synchronised and per-worker batch norm are from full-batch batch
