@@ -8,7 +8,7 @@
 //! module, so the page refuses files that are not the ones the book ships.
 //! Parsing uses `bnbook`'s own IDX reader.
 
-use bnbook::data::idx::{parse_images, parse_labels, pixels_to_array, sha256_hex};
+use bnbook::data::idx::{images_into_array, parse_images, parse_labels, sha256_hex};
 use bnbook::data::{FashionMnist, Split};
 use bnbook::error::{Error, Result};
 use std::io::Read;
@@ -67,8 +67,7 @@ pub fn load_subset(files: [&[u8]; 4]) -> Result<FashionMnist> {
     let split = |images: &[u8], labels: &[u8], names: [&str; 2]| -> Result<Split> {
         let image_bytes = decompress_checked(names[0], images)?;
         let label_bytes = decompress_checked(names[1], labels)?;
-        let (count, pixels) =
-            parse_images(Path::new(names[0]), &image_bytes).map_err(Error::Data)?;
+        let (count, _) = parse_images(Path::new(names[0]), &image_bytes).map_err(Error::Data)?;
         let labels = parse_labels(Path::new(names[1]), &label_bytes).map_err(Error::Data)?;
         if labels.len() != count {
             return Err(Error::InvalidArgument(format!(
@@ -79,7 +78,7 @@ pub fn load_subset(files: [&[u8]; 4]) -> Result<FashionMnist> {
             )));
         }
         Ok(Split {
-            pixels: pixels_to_array(pixels, count),
+            pixels: images_into_array(image_bytes, count),
             labels: labels.to_vec(),
         })
     };

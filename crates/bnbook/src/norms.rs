@@ -145,27 +145,29 @@ fn row_length(x: &Tensor, rows: usize) -> usize {
 pub fn standardize_rows_fused(x: &Tensor, rows: usize, eps: f32) -> Tensor {
     let k = row_length(x, rows);
     let shape = x.shape();
-    let input = x.value();
-    let input = input.as_standard_layout();
-    let values = input.as_slice().expect("standard layout");
-    // forward: each row's mean and 1/σ (one row per task; sums in f64, in
-    // eight running lanes: see lane_sum_f64) ...
-    let stats: Vec<(f32, f32)> = values
-        .par_chunks(k)
-        .map(|row| {
-            let mean = lane_sum_f64(row, &|v| f64::from(v)) / k as f64;
-            let var = lane_sum_f64(row, &|v| (f64::from(v) - mean).powi(2)) / k as f64;
-            (mean as f32, (1.0 / (var + f64::from(eps)).sqrt()) as f32)
-        })
-        .collect();
-    // ... then x̂, written row by row into fresh memory
-    let x_hat = build(values.len(), k, |r, out| {
-        let (mean, inv_std) = stats[r];
-        for (o, &v) in out.iter_mut().zip(&values[r * k..]) {
-            o.write((v - mean) * inv_std);
-        }
-    });
-    drop(input);
+    let (stats, x_hat) = {
+        let input = x.value();
+        let input = input.as_standard_layout();
+        let values = input.as_slice().expect("standard layout");
+        // forward: each row's mean and 1/σ (one row per task; sums in f64,
+        // in eight running lanes: see lane_sum_f64) ...
+        let stats: Vec<(f32, f32)> = values
+            .par_chunks(k)
+            .map(|row| {
+                let mean = lane_sum_f64(row, &|v| f64::from(v)) / k as f64;
+                let var = lane_sum_f64(row, &|v| (f64::from(v) - mean).powi(2)) / k as f64;
+                (mean as f32, (1.0 / (var + f64::from(eps)).sqrt()) as f32)
+            })
+            .collect();
+        // ... then x̂, written row by row into fresh memory
+        let x_hat = build(values.len(), k, |r, out| {
+            let (mean, inv_std) = stats[r];
+            for (o, &v) in out.iter_mut().zip(&values[r * k..]) {
+                o.write((v - mean) * inv_std);
+            }
+        });
+        (stats, x_hat)
+    };
     let y = ArrayD::from_shape_vec(IxDyn(&shape), x_hat).expect("same size");
 
     Tensor::from_op("standardize_rows_fused", y, &[x], move |ctx| {

@@ -311,19 +311,6 @@ pub fn images_into_array(mut bytes: Vec<u8>, count: usize) -> Array4<u8> {
         .expect("parse_images checked the length, and count is at most its count")
 }
 
-/// The first `count` images' pixel bytes (0..=255), shaped
-/// `(count, 1, 28, 28)`: one grey channel per image.
-///
-/// # Panics
-///
-/// If `pixels` holds fewer than `count` images; [`parse_images`] returns a
-/// slice and count that always fit.
-pub fn pixels_to_array(pixels: &[u8], count: usize) -> Array4<u8> {
-    let values = pixels[..count * PIXELS_PER_IMAGE].to_vec();
-    Array4::from_shape_vec((count, 1, IMAGE_SIDE, IMAGE_SIDE), values)
-        .expect("the length is count * 28 * 28 by construction")
-}
-
 /// Pixel bytes as the network sees them: `f32` in `[0, 1]`, `p / 255`.
 pub fn pixels_to_unit<S, D>(pixels: &ndarray::ArrayBase<S, D>) -> ndarray::Array<f32, D>
 where
@@ -342,8 +329,8 @@ where
 /// Those of [`read_decompressed`] and [`parse_images`].
 pub fn read_images(path: &Path) -> Result<Array4<f32>, DataError> {
     let bytes = read_decompressed(path, is_gz_path(path))?;
-    let (count, pixels) = parse_images(path, &bytes)?;
-    Ok(pixels_to_unit(&pixels_to_array(pixels, count)))
+    let (count, _) = parse_images(path, &bytes)?;
+    Ok(pixels_to_unit(&images_into_array(bytes, count)))
 }
 
 /// Reads and checks an IDX labels file (plain or `.gz`), without checksum.
