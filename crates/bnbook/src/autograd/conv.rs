@@ -561,44 +561,57 @@ impl Tensor {
     pub fn max_pool2d(&self, kernel: usize, stride: usize) -> Tensor {
         let g = Geometry::new("max_pool2d", &self.shape(), kernel, kernel, stride, 0);
         let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+        assert!(
+            u32::try_from(kernel * kernel).is_ok(),
+            "max_pool2d: a {kernel}x{kernel} window is too large"
+        );
+        let two_by_two = g.kh == 2 && g.kw == 2 && g.stride == 2;
         let outputs = g.n * g.c * plane_out;
         let (y, argmax) = {
             let x = self.value();
             let x = x.as_standard_layout();
             let x = x.as_slice().expect("standard layout");
-            let mut y = vec![f32::NEG_INFINITY; outputs];
-            // position of each window's maximum within its plane
-            let mut argmax = vec![usize::MAX; outputs];
-            y.par_chunks_mut(plane_out)
-                .zip(argmax.par_chunks_mut(plane_out))
-                .enumerate()
-                .for_each(|(p, (y, argmax))| {
-                    let x = &x[p * plane_in..][..plane_in];
-                    plane_windows(&g, |out, i| {
-                        // strict `>`: a later equal value does not replace the first
-                        // maximum; a NaN wins, as in PyTorch, so a diverged network shows
-                        if x[i] > y[out] || argmax[out] == usize::MAX || x[i].is_nan() {
-                            y[out] = x[i];
-                            argmax[out] = i;
-                        }
-                    });
-                });
+            let mut y = vec![0.0_f32; outputs];
+            // where each window's maximum is within its window: ky·kw + kx
+            let mut argmax = vec![0_u32; outputs];
+            // planes never share windows, so they are independent tasks
+            for_each_plane_pair(&mut y, &mut argmax, plane_out, |p, y, argmax| {
+                let x = &x[p * plane_in..][..plane_in];
+                if two_by_two {
+                    max_pool_plane_2x2(x, &g, y, argmax);
+                } else {
+                    max_pool_plane(x, &g, y, argmax);
+                }
+            });
             (
                 ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.oh, g.ow]), y).expect("sizes match"),
                 argmax,
             )
         };
         // Only the winning input of each window influenced the output.
+        let tiled = two_by_two && g.h == 2 * g.oh && g.w == 2 * g.ow;
         Tensor::from_op("max_pool2d", y, &[self], move |ctx| {
             let gy = ctx.grad.as_standard_layout();
             let gy = gy.as_slice().expect("standard layout");
-            let mut dx = vec![0.0; g.n * g.c * plane_in];
-            kernels::for_each_chunk(&mut dx, plane_in, |p, dx| {
-                let range = p * plane_out..(p + 1) * plane_out;
-                for (&g, &i) in gy[range.clone()].iter().zip(&argmax[range]) {
-                    dx[i] += g;
-                }
-            });
+            let dx = if tiled {
+                // every input pixel lies in exactly one window: write it once
+                kernels::build(g.n * g.c * plane_in, plane_in, |p, dx| {
+                    let range = p * plane_out..(p + 1) * plane_out;
+                    max_pool_backward_2x2(dx, &gy[range.clone()], &argmax[range], g.w);
+                })
+            } else {
+                let mut dx = vec![0.0; g.n * g.c * plane_in];
+                kernels::for_each_chunk(&mut dx, plane_in, |p, dx| {
+                    let range = p * plane_out..(p + 1) * plane_out;
+                    let windows = gy[range.clone()].iter().zip(&argmax[range]);
+                    for (out, (&grad, &slot)) in windows.enumerate() {
+                        let (slot, (oy, ox)) = (slot as usize, (out / g.ow, out % g.ow));
+                        let (ky, kx) = (slot / g.kw, slot % g.kw);
+                        dx[(oy * g.stride + ky) * g.w + ox * g.stride + kx] += grad;
+                    }
+                });
+                dx
+            };
             vec![Some(
                 ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.h, g.w]), dx).expect("sizes match"),
             )]
@@ -606,17 +619,125 @@ impl Tensor {
     }
 }
 
-/// Calls `f(output_index, input_index)`, both within one image plane, for
-/// every input of every pooling window (row-major order inside each window).
-fn plane_windows(g: &Geometry, mut f: impl FnMut(usize, usize)) {
-    for oy in 0..g.oh {
-        for ox in 0..g.ow {
-            let out = oy * g.ow + ox;
-            for ky in 0..g.kh {
-                let row = (oy * g.stride + ky) * g.w;
-                for kx in 0..g.kw {
-                    f(out, row + ox * g.stride + kx);
+/// Whether `v` replaces `best` as a window's maximum: only if it is larger
+/// (strict `>`: a later equal value does not replace the first maximum) or
+/// a NaN (a NaN wins, as in PyTorch, so a diverged network shows). Written
+/// as a value rather than a branch: which input wins is as good as random,
+/// and a mispredicted branch per input made max pooling 30 times slower
+/// than average pooling.
+#[inline(always)]
+fn replaces(v: f32, best: f32) -> bool {
+    v > best || v.is_nan()
+}
+
+/// Calls `f(plane, y, argmax)` for the `plane`-sized pieces of `y` and
+/// `argmax` that belong to each image plane, bunched into parallel tasks
+/// like [`kernels::for_each_chunk`].
+fn for_each_plane_pair(
+    y: &mut [f32],
+    argmax: &mut [u32],
+    plane: usize,
+    f: impl Fn(usize, &mut [f32], &mut [u32]) + Sync,
+) {
+    if plane == 0 {
+        return;
+    }
+    if y.len() < kernels::PARALLEL_THRESHOLD {
+        for (p, (y, argmax)) in y
+            .chunks_mut(plane)
+            .zip(argmax.chunks_mut(plane))
+            .enumerate()
+        {
+            f(p, y, argmax);
+        }
+        return;
+    }
+    let per_task = (kernels::VALUES_PER_TASK / plane).max(1);
+    y.par_chunks_mut(plane * per_task)
+        .zip(argmax.par_chunks_mut(plane * per_task))
+        .enumerate()
+        .for_each(|(task, (y, argmax))| {
+            for (j, (y, argmax)) in y
+                .chunks_mut(plane)
+                .zip(argmax.chunks_mut(plane))
+                .enumerate()
+            {
+                f(task * per_task + j, y, argmax);
+            }
+        });
+}
+
+/// One image plane of a general max pooling: each window's inputs in
+/// row-major order, the first one taken, every later one only if it
+/// [`replaces`] the maximum so far.
+fn max_pool_plane(x: &[f32], g: &Geometry, y: &mut [f32], argmax: &mut [u32]) {
+    for (out, (v, a)) in y.iter_mut().zip(argmax.iter_mut()).enumerate() {
+        let (oy, ox) = (out / g.ow, out % g.ow);
+        let first = oy * g.stride * g.w + ox * g.stride;
+        let (mut best, mut at) = (x[first], 0);
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let value = x[first + ky * g.w + kx];
+                let take = replaces(value, best);
+                best = if take { value } else { best };
+                at = if take { ky * g.kw + kx } else { at };
+            }
+        }
+        *v = best;
+        *a = at as u32; // checked: the window has fewer than 2^32 inputs
+    }
+}
+
+multiversioned! {
+    /// One image plane of LeNet's (and d2l's default) 2×2 max pooling with
+    /// stride 2: the same comparisons in the same order as
+    /// [`max_pool_plane`], in loops the compiler can vectorise.
+    fn max_pool_plane_2x2(x: &[f32], g: &Geometry, y: &mut [f32], argmax: &mut [u32]) {
+        for (oy, (y_row, a_row)) in y
+            .chunks_exact_mut(g.ow)
+            .zip(argmax.chunks_exact_mut(g.ow))
+            .enumerate()
+        {
+            let top = x[2 * oy * g.w..][..2 * g.ow].chunks_exact(2);
+            let bottom = x[(2 * oy + 1) * g.w..][..2 * g.ow].chunks_exact(2);
+            for (((v, a), t), b) in y_row.iter_mut().zip(a_row.iter_mut()).zip(top).zip(bottom) {
+                let (mut best, mut at) = (t[0], 0);
+                for (value, slot) in [(t[1], 1), (b[0], 2), (b[1], 3)] {
+                    let take = replaces(value, best);
+                    best = if take { value } else { best };
+                    at = if take { slot } else { at };
                 }
+                *v = best;
+                *a = at;
+            }
+        }
+    }
+}
+
+multiversioned! {
+    /// The backward pass of 2×2 max pooling with stride 2 on one image
+    /// plane tiled exactly by its windows: each input pixel gets its
+    /// window's gradient if it was the window's maximum, else zero.
+    fn max_pool_backward_2x2(
+        dx: &mut [std::mem::MaybeUninit<f32>],
+        gy: &[f32],
+        argmax: &[u32],
+        w: usize,
+    ) {
+        let ow = w / 2;
+        for ((rows, gy_row), a_row) in dx
+            .chunks_exact_mut(2 * w)
+            .zip(gy.chunks_exact(ow))
+            .zip(argmax.chunks_exact(ow))
+        {
+            let (top, bottom) = rows.split_at_mut(w);
+            let pairs = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
+            for ((t, b), (&g, &a)) in pairs.zip(gy_row.iter().zip(a_row)) {
+                let share = |slot: u32| if a == slot { g } else { 0.0 };
+                t[0].write(share(0));
+                t[1].write(share(1));
+                b[0].write(share(2));
+                b[1].write(share(3));
             }
         }
     }

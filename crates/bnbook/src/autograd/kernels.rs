@@ -15,11 +15,11 @@ use ndarray::{ArrayD, IxDyn};
 use std::mem::MaybeUninit;
 
 /// Outputs with fewer elements than this are computed on one thread.
-const PARALLEL_THRESHOLD: usize = 1 << 15;
+pub(super) const PARALLEL_THRESHOLD: usize = 1 << 15;
 
 /// Values per parallel task of [`for_each_chunk`] when chunks are small,
 /// and per piece of [`build_blocked`].
-const VALUES_PER_TASK: usize = 1 << 13;
+pub(super) const VALUES_PER_TASK: usize = 1 << 13;
 
 /// How one operand is laid out relative to the output.
 #[derive(Clone, Debug)]

@@ -210,6 +210,11 @@ fn pooling() {
         |t| t[0].max_pool2d(2, 2),
     );
     check(
+        "max_pool2d 2/2 on odd sizes (the last row and column left out)",
+        &[well_separated(&[1, 2, 5, 7], 57)],
+        |t| t[0].max_pool2d(2, 2),
+    );
+    check(
         "max_pool2d 3/2 (overlapping)",
         &[well_separated(&[1, 2, 7, 7], 50)],
         |t| t[0].max_pool2d(3, 2),
