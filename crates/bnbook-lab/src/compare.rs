@@ -278,8 +278,11 @@ fn train_run(data: &FashionMnist, model: ModelKind, config: &TrainConfig) -> Res
     let started = Instant::now();
     let (_, history) = train_model(model, data, config, |r| {
         println!(
-            "{model} batch {} lr {} seed {} epoch {}: loss {:.3}, train acc {:.3}, test acc {:.3}",
-            config.batch_size, config.lr, config.seed, r.epoch, r.loss, r.train_acc, r.test_acc
+            "{model} batch {} lr {} seed {}, {}",
+            config.batch_size,
+            config.lr,
+            config.seed,
+            r.line()
         )
     })?;
     println!(

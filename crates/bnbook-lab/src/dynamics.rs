@@ -181,12 +181,7 @@ impl DynamicsConfig {
 
 fn announce(name: &str, config: &TrainConfig) -> impl FnMut(&EpochRecord) {
     let (name, lr, seed) = (name.to_string(), config.lr, config.seed);
-    move |r| {
-        println!(
-            "{name} lr {lr} seed {seed} epoch {}: loss {:.3}, train acc {:.3}, test acc {:.3}",
-            r.epoch, r.loss, r.train_acc, r.test_acc
-        )
-    }
+    move |r| println!("{name} lr {lr} seed {seed}, {}", r.line())
 }
 
 /// Trains `variant` with `train` (nothing recorded).

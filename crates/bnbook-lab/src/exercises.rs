@@ -645,10 +645,7 @@ pub fn run(data: &FashionMnist, config: &ExercisesConfig) -> Result<Results> {
             let mut net = variant.build(seed)?;
             let started = Instant::now();
             let history = train(&mut net, &label, data, &config.run(seed), |r| {
-                println!(
-                    "{label}, seed {seed}, epoch {}: loss {:.3}, train acc {:.3}, test acc {:.3}",
-                    r.epoch, r.loss, r.train_acc, r.test_acc
-                )
+                println!("{label}, seed {seed}, {}", r.line())
             })?;
             println!(
                 "{label}, seed {seed}: {:.0} s",

@@ -10,6 +10,7 @@
 use crate::bench::{BenchReport, bench};
 use crate::largest_difference;
 use crate::report::{Manifest, Writer, plural};
+use crate::side_by_side::side_by_side;
 use bnbook::Tensor;
 use bnbook::concise::{BatchNorm2d, BatchNormOptions};
 use bnbook::data::FashionMnist;
@@ -99,74 +100,71 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     config.validate(data)?;
     let started = Instant::now();
     let mut w = Writer::new(&config.out)?;
-    let run = |model: ModelKind, seed: u64| -> Result<(bnbook::nn::Sequential, History)> {
-        let cfg = TrainConfig {
-            epochs: config.epochs,
-            seed,
-            limit: config.limit,
-            progress: true,
-            ..TrainConfig::d2l(model)
-        };
-        let started = Instant::now();
-        let out = train_model(model, data, &cfg, |r| {
-            println!(
-                "{model} seed {seed} epoch {}: loss {:.3}, train acc {:.3}, test acc {:.3}",
-                r.epoch, r.loss, r.train_acc, r.test_acc
-            )
-        })?;
-        println!(
-            "{model} seed {seed}: {:.0} s",
-            started.elapsed().as_secs_f64()
-        );
-        Ok(out)
-    };
 
-    // ----- LeNet with batch norm, several seeds, and plain LeNet -----
-    let mut bn_runs = Vec::new();
-    let mut bn_nets = Vec::new();
-    for &seed in &config.seeds {
-        let (net, h) = run(ModelKind::LenetBn, seed)?;
+    // Every training run is independent, so they run side by side, one
+    // thread each (`side_by_side`): the networks stay on their worker
+    // threads, and what the tables need of them (the first BN layer's γ
+    // and β, the test accuracy with re-estimated statistics) is read there.
+    // The longest runs first (plain LeNet, whose padded first convolution
+    // makes larger maps), so that the workers finish close together.
+    let first = config.seeds[0];
+    let mut jobs = vec![
+        Job::Train(ModelKind::Lenet, first),
+        Job::Train(ModelKind::LenetBnMaxpool, first),
+    ];
+    jobs.extend(
+        config
+            .seeds
+            .iter()
+            .map(|&seed| Job::Train(ModelKind::LenetBn, seed)),
+    );
+    jobs.extend([
+        Job::Train(ModelKind::LenetBnConcise, first),
+        // the controlled baseline: LeNet-BN's network with the batch norms
+        // removed, same learning rate (plain LeNet also differs in its
+        // padding and first fully connected layer, and trains at lr 0.9)
+        Job::Train(ModelKind::LenetNoNorm, first),
+        Job::MxnetRecipe,
+    ]);
+    let mut outcomes = side_by_side(jobs, |job| run_job(data, config, job))?.into_iter();
+    let mut next = || outcomes.next().expect("one outcome per job");
+    let (plain, maxpool) = (next().history, next().history);
+    let bn_outcomes: Vec<Outcome> = config.seeds.iter().map(|_| next()).collect();
+    let (concise, no_norm, mxnet) = (next().history, next().history, next().history);
+    for o in &bn_outcomes {
+        let seed = o.history.seed;
         w.json(
             &format!("lenet-bn-seed{seed}.json"),
             &format!("history of lenet-bn, seed {seed}"),
-            &h,
+            &o.history,
         )?;
-        bn_nets.push(net);
-        bn_runs.push(h);
     }
-    let (_, plain) = run(ModelKind::Lenet, config.seeds[0])?;
     w.json(
         "lenet-seed0.json",
         "history of plain LeNet (no BN, lr 0.9)",
         &plain,
     )?;
-    // the controlled baseline: LeNet-BN's network with the batch norms
-    // removed, same learning rate (plain LeNet also differs in its padding
-    // and first fully connected layer, and trains at lr 0.9)
-    let (_, no_norm) = run(ModelKind::LenetNoNorm, config.seeds[0])?;
     w.json(
         "lenet-no-norm-seed0.json",
         "history of LeNet-BN's network without batch norm (lr 1.0)",
         &no_norm,
     )?;
-    let (_, maxpool) = run(ModelKind::LenetBnMaxpool, config.seeds[0])?;
     w.json(
         "lenet-bn-maxpool-seed0.json",
         "history of LeNet-BN with max-pooling",
         &maxpool,
     )?;
-    let (_, concise) = run(ModelKind::LenetBnConcise, config.seeds[0])?;
     w.json(
         "lenet-bn-concise-seed0.json",
         "history of LeNet-BN with the fused BN",
         &concise,
     )?;
-    let mxnet = mxnet_recipe(data, config)?;
     w.json(
         "lenet-bn-mxnet-recipe-seed0.json",
         "history of d2l's MXNet recipe: max pooling, lr 0.9, 5 epochs, momentum 0.9 on the new batch",
         &mxnet,
     )?;
+    let bn_runs: Vec<&History> = bn_outcomes.iter().map(|o| &o.history).collect();
 
     // the same runs twice: test accuracy, then training loss
     let charts: [(&str, &str, &str, Metric); 2] = [
@@ -202,10 +200,10 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     w.svg(
         "lenet-bn-curves.svg",
         "d2l's figure for LeNet-BN, first seed: train loss, train accuracy and test accuracy",
-        &bnbook::plot::training_curves(&bn_runs[0])?,
+        &bnbook::plot::training_curves(bn_runs[0])?,
     )?;
     let pooling = [
-        series("average pooling".into(), &bn_runs[0], |r| r.test_acc),
+        series("average pooling".into(), bn_runs[0], |r| r.test_acc),
         series("max pooling".into(), &maxpool, |r| r.test_acc),
     ];
     w.svg(
@@ -224,6 +222,7 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     );
     for h in bn_runs
         .iter()
+        .copied()
         .chain([&no_norm, &plain, &maxpool, &concise, &mxnet])
     {
         let last = h.last().expect("epochs > 0");
@@ -251,8 +250,11 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
         .sum::<f64>()
         / bn_runs.len() as f64;
     table += &format!(
-        "\nMean final test accuracy of `lenet-bn` over {}: {mean_test:.3}.\n",
-        plural(bn_runs.len(), "seed")
+        "\nMean final test accuracy of `lenet-bn` over {}: {mean_test:.3}. \
+         Examples/s: median over epochs, each run on one thread with {} side by side \
+         (see `side_by_side`).\n",
+        plural(bn_runs.len(), "seed"),
+        plural(rayon::current_num_threads(), "run")
     );
     w.write(
         "runs-table.md",
@@ -261,13 +263,9 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     )?;
 
     // ----- learned γ and β of the first BN layer -----
-    let (index, bn) = bn_nets[0].batch_norm_layers()[0];
-    let (gamma, beta) = (
-        bn.gamma().unwrap_or_default(),
-        bn.beta().unwrap_or_default(),
-    );
+    let (index, gamma, beta) = &bn_outcomes[0].first_batch_norm;
     let mut gb = String::from("| channel | γ | β |\n|---|---|---|\n");
-    for (c, (g, b)) in gamma.iter().zip(&beta).enumerate() {
+    for (c, (g, b)) in gamma.iter().zip(beta).enumerate() {
         gb += &format!("| {c} | {g:.4} | {b:.4} |\n");
     }
     gb += &format!(
@@ -281,18 +279,15 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     )?;
 
     // ----- running statistics that lag behind the weights -----
-    let mut lag = String::from(
-        "| seed | test acc, running statistics | test acc, statistics re-estimated on 40 training batches |\n|---|---|---|\n",
+    let mut lag = format!(
+        "| seed | test acc, running statistics | test acc, statistics re-estimated on {REESTIMATE_BATCHES} training batches |\n|---|---|---|\n",
     );
-    for (net, h) in bn_nets.iter_mut().zip(&bn_runs) {
-        let before = h.last().expect("epochs > 0").test_acc;
-        bnbook::train::reestimate_running_statistics(net, data, config.limit, h.seed, 40)?;
-        let test = match config.limit {
-            Some(n) => data.test.head(n),
-            None => data.test.clone(),
-        };
-        let after = bnbook::train::evaluate(net, &test, 256)?;
-        lag += &format!("| {} | {before:.3} | {after:.3} |\n", h.seed);
+    for o in &bn_outcomes {
+        let before = o.history.last().expect("epochs > 0").test_acc;
+        lag += &format!(
+            "| {} | {before:.3} | {:.3} |\n",
+            o.history.seed, o.test_acc_reestimated
+        );
     }
     w.write(
         "running-stats-lag.md",
@@ -369,9 +364,9 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
         &speed_md,
     )?;
     let same = [
-        series("scratch BN: test acc".into(), &bn_runs[0], |r| r.test_acc),
+        series("scratch BN: test acc".into(), bn_runs[0], |r| r.test_acc),
         series("fused BN: test acc".into(), &concise, |r| r.test_acc),
-        series("scratch BN: train loss".into(), &bn_runs[0], |r| r.loss),
+        series("scratch BN: train loss".into(), bn_runs[0], |r| r.loss),
         series("fused BN: train loss".into(), &concise, |r| r.loss),
     ];
     w.svg(
@@ -381,6 +376,95 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     )?;
 
     w.finish(command, config.epochs, &config.seeds, config.limit, started)
+}
+
+/// One training run of the figures.
+#[derive(Clone, Copy, Debug)]
+enum Job {
+    /// `model` with its d2l recipe and `seed`.
+    Train(ModelKind, u64),
+    /// d2l's MXNet recipe ([`mxnet_recipe`]).
+    MxnetRecipe,
+}
+
+/// What the figures need of one run: its history and, read off the trained
+/// network before it is dropped, the first batch-norm layer's index, γ and
+/// β, and the test accuracy once the running statistics are re-estimated
+/// for the final weights (both empty or NaN for a network without BN).
+struct Outcome {
+    history: History,
+    first_batch_norm: (usize, Vec<f32>, Vec<f32>),
+    test_acc_reestimated: f64,
+}
+
+/// Training batches over which [`Outcome::test_acc_reestimated`]
+/// re-estimates the running statistics.
+const REESTIMATE_BATCHES: usize = 40;
+
+fn run_job(data: &FashionMnist, config: &FiguresConfig, job: Job) -> Result<Outcome> {
+    let started = Instant::now();
+    let (model, seed) = match job {
+        Job::Train(model, seed) => (model, seed),
+        Job::MxnetRecipe => {
+            let history = mxnet_recipe(data, config)?;
+            println!(
+                "{}: {:.0} s",
+                history.model,
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(Outcome {
+                history,
+                first_batch_norm: (0, Vec::new(), Vec::new()),
+                test_acc_reestimated: f64::NAN,
+            });
+        }
+    };
+    let cfg = TrainConfig {
+        epochs: config.epochs,
+        seed,
+        limit: config.limit,
+        progress: false, // the epoch lines are the progress
+        ..TrainConfig::d2l(model)
+    };
+    let (mut net, history) = train_model(model, data, &cfg, |r| {
+        println!("{model} seed {seed}, {}", r.line())
+    })?;
+    println!(
+        "{model} seed {seed}: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    if model != ModelKind::LenetBn {
+        return Ok(Outcome {
+            history,
+            first_batch_norm: (0, Vec::new(), Vec::new()),
+            test_acc_reestimated: f64::NAN,
+        });
+    }
+    let first_batch_norm = {
+        let (index, bn) = net.batch_norm_layers()[0];
+        (
+            index,
+            bn.gamma().unwrap_or_default(),
+            bn.beta().unwrap_or_default(),
+        )
+    };
+    bnbook::train::reestimate_running_statistics(
+        &mut net,
+        data,
+        config.limit,
+        seed,
+        REESTIMATE_BATCHES,
+    )?;
+    let test = match config.limit {
+        Some(n) => data.test.head(n),
+        None => data.test.clone(),
+    };
+    let test_acc_reestimated = bnbook::train::evaluate(&mut net, &test, 256)?;
+    Ok(Outcome {
+        history,
+        first_batch_norm,
+        test_acc_reestimated,
+    })
 }
 
 /// Epochs of d2l's MXNet version of the chapter.
@@ -403,15 +487,12 @@ fn mxnet_recipe(data: &FashionMnist, config: &FiguresConfig) -> Result<History> 
         lr: 0.9,
         seed,
         limit: config.limit,
-        progress: true,
+        progress: false, // the epoch lines are the progress
         ..TrainConfig::d2l(model)
     };
     let name = "lenet-bn-maxpool (d2l MXNet recipe)";
     bnbook::train::train(&mut net, name, data, &cfg, |r| {
-        println!(
-            "{name} epoch {}: loss {:.3}, train acc {:.3}, test acc {:.3}",
-            r.epoch, r.loss, r.train_acc, r.test_acc
-        )
+        println!("{name}, {}", r.line())
     })
 }
 
