@@ -29,6 +29,7 @@
 //! tables show (and the per-epoch histories), so tests can hold the
 //! chapters' answers to them.
 
+use crate::figures::{REESTIMATE_BATCHES, reestimated_test_acc};
 use crate::report::{Manifest, Writer, plural};
 use bnbook::Tensor;
 use bnbook::concise::{BatchNorm1d, BatchNorm2d, BatchNormOptions};
@@ -41,7 +42,7 @@ use bnbook::nn::{
 use bnbook::norms::{GroupNorm, InstanceNorm2d, NormOptions};
 use bnbook::random::random_input;
 use bnbook::scratch::{parameter_shape, statistics_axes};
-use bnbook::train::{History, TrainConfig, evaluate, reestimate_running_statistics, train};
+use bnbook::train::{History, TrainConfig, evaluate, train};
 use ndarray::ArrayD;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -56,10 +57,6 @@ pub const DEFAULT_OUT_DIR: &str = "book/generated/exercises";
 /// differences the exercises ask about, small enough that the whole command
 /// (13 networks, 3 seeds each) takes minutes.
 pub const DEFAULT_LIMIT: usize = 12_000;
-
-/// Training batches over which the momentum table re-estimates the running
-/// statistics (as the LeNet chapter's "precise BN" does).
-const REESTIMATE_BATCHES: usize = 40;
 
 /// What to run. `Default` is the book's full-size setting.
 #[derive(Clone, Debug)]
@@ -657,14 +654,8 @@ pub fn run(data: &FashionMnist, config: &ExercisesConfig) -> Result<Results> {
                 eval_rows = eval_modes(&mut net, &test)?;
             }
             let reestimated_test_acc = if variant.in_momentum_table() {
-                reestimate_running_statistics(
-                    &mut net,
-                    data,
-                    config.limit,
-                    seed,
-                    REESTIMATE_BATCHES,
-                )?;
-                Some(evaluate(&mut net, &test, 256)?)
+                // as the LeNet chapter's "precise BN" does
+                Some(reestimated_test_acc(&mut net, data, config.limit, seed)?)
             } else {
                 None
             };

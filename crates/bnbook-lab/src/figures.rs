@@ -397,9 +397,29 @@ struct Outcome {
     test_acc_reestimated: f64,
 }
 
-/// Training batches over which [`Outcome::test_acc_reestimated`]
-/// re-estimates the running statistics.
-const REESTIMATE_BATCHES: usize = 40;
+/// Training batches over which the chapters' "precise BN" re-estimates the
+/// running statistics ([`reestimated_test_acc`]).
+pub(crate) const REESTIMATE_BATCHES: usize = 40;
+
+/// The test accuracy of `net` (on the first `limit` test examples) once its
+/// running statistics are re-estimated for its final weights over
+/// [`REESTIMATE_BATCHES`] training batches drawn with `seed`.
+///
+/// # Errors
+/// If `net` has no batch-norm layer or rejects the images.
+pub(crate) fn reestimated_test_acc(
+    net: &mut bnbook::nn::Sequential,
+    data: &FashionMnist,
+    limit: Option<usize>,
+    seed: u64,
+) -> Result<f64> {
+    bnbook::train::reestimate_running_statistics(net, data, limit, seed, REESTIMATE_BATCHES)?;
+    let test = match limit {
+        Some(n) => data.test.head(n),
+        None => data.test.clone(),
+    };
+    bnbook::train::evaluate(net, &test, 256)
+}
 
 fn run_job(data: &FashionMnist, config: &FiguresConfig, job: Job) -> Result<Outcome> {
     let started = Instant::now();
@@ -448,18 +468,7 @@ fn run_job(data: &FashionMnist, config: &FiguresConfig, job: Job) -> Result<Outc
             bn.beta().unwrap_or_default(),
         )
     };
-    bnbook::train::reestimate_running_statistics(
-        &mut net,
-        data,
-        config.limit,
-        seed,
-        REESTIMATE_BATCHES,
-    )?;
-    let test = match config.limit {
-        Some(n) => data.test.head(n),
-        None => data.test.clone(),
-    };
-    let test_acc_reestimated = bnbook::train::evaluate(&mut net, &test, 256)?;
+    let test_acc_reestimated = reestimated_test_acc(&mut net, data, config.limit, seed)?;
     Ok(Outcome {
         history,
         first_batch_norm,
