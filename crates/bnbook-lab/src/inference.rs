@@ -178,34 +178,66 @@ impl InferenceConfig {
 /// # Errors
 /// If `net` is not LeNet-BN shaped.
 pub fn twin(net: &Sequential) -> Result<Sequential> {
-    let mut copy = ModelKind::LenetBnConcise.build(&mut StdRng::seed_from_u64(0))?;
-    let (from, to) = (net.parameters(), copy.parameters());
-    if from.len() != to.len() {
-        return Err(Error::InvalidArgument(
-            "twin: the network is not LeNet-BN shaped".into(),
-        ));
-    }
-    for (a, b) in from.iter().zip(&to) {
-        *b.value_mut() = a.value().clone();
-    }
-    let statistics: Vec<(Vec<f32>, Vec<f32>)> = net
-        .batch_norm_layers()
-        .iter()
-        .map(|(_, bn)| (bn.running_mean(), bn.running_var()))
-        .collect();
-    let targets = copy
-        .layers_mut()
-        .iter_mut()
-        .filter(|l| l.as_batch_norm().is_some());
-    for (layer, (mean, var)) in targets.zip(statistics) {
-        let any = layer.as_any_mut();
-        if let Some(bn) = any.downcast_mut::<BatchNorm2d>() {
-            (bn.running_mean, bn.running_var) = (mean, var);
-        } else if let Some(bn) = any.downcast_mut::<BatchNorm1d>() {
-            (bn.running_mean, bn.running_var) = (mean, var);
+    Snapshot::of(net).restore()
+}
+
+/// The numbers of a trained LeNet-BN, as plain arrays: unlike the network
+/// (whose parameters are `Rc`s) they can leave the worker thread that
+/// trained it ([`side_by_side`]).
+pub struct Snapshot {
+    parameters: Vec<ndarray::ArrayD<f32>>,
+    /// Running mean and variance of each batch-norm layer, in order.
+    statistics: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Snapshot {
+    /// Copies `net`'s parameters and running statistics.
+    pub fn of(net: &Sequential) -> Snapshot {
+        Snapshot {
+            parameters: net.parameters().iter().map(|p| p.value().clone()).collect(),
+            statistics: net
+                .batch_norm_layers()
+                .iter()
+                .map(|(_, bn)| (bn.running_mean(), bn.running_var()))
+                .collect(),
         }
     }
-    Ok(copy)
+
+    /// A concise LeNet-BN (d2l's conventions) with these numbers.
+    ///
+    /// # Errors
+    /// If the snapshot is not of a LeNet-BN.
+    pub fn restore(self) -> Result<Sequential> {
+        let mut copy = ModelKind::LenetBnConcise.build(&mut StdRng::seed_from_u64(0))?;
+        let to = copy.parameters();
+        let shapes_match = self.parameters.len() == to.len()
+            && self
+                .parameters
+                .iter()
+                .zip(&to)
+                .all(|(a, b)| a.shape() == b.value().shape());
+        if !shapes_match || self.statistics.len() != copy.batch_norm_layers().len() {
+            return Err(Error::InvalidArgument(
+                "twin: the network is not LeNet-BN shaped".into(),
+            ));
+        }
+        for (a, b) in self.parameters.into_iter().zip(&to) {
+            *b.value_mut() = a;
+        }
+        let targets = copy
+            .layers_mut()
+            .iter_mut()
+            .filter(|l| l.as_batch_norm().is_some());
+        for (layer, (mean, var)) in targets.zip(self.statistics) {
+            let any = layer.as_any_mut();
+            if let Some(bn) = any.downcast_mut::<BatchNorm2d>() {
+                (bn.running_mean, bn.running_var) = (mean, var);
+            } else if let Some(bn) = any.downcast_mut::<BatchNorm1d>() {
+                (bn.running_mean, bn.running_var) = (mean, var);
+            }
+        }
+        Ok(copy)
+    }
 }
 
 /// Test accuracy of `net`'s weights with precise BN: running statistics
@@ -344,53 +376,63 @@ pub fn momentum_runs(
     config: &InferenceConfig,
 ) -> Result<(Vec<MomentumRun>, Vec<Trained>)> {
     let test = config.test_split(data, config.limit);
-    let (mut runs, mut trained) = (Vec::new(), Vec::new());
-    for &seed in &config.seeds {
-        for (label, momentum) in momenta() {
-            let mut net = ModelKind::LenetBnConcise.build(&mut StdRng::seed_from_u64(seed))?;
-            for bn in net.batch_norm_layers_mut() {
-                bn.set_momentum(momentum)?;
-            }
-            let train_config = TrainConfig {
-                epochs: config.epochs,
-                seed,
-                limit: config.limit,
-                ..TrainConfig::d2l(ModelKind::LenetBnConcise)
-            };
-            let mut epochs = Vec::new();
-            train_epochs(
-                &mut net,
-                "lenet-bn-concise",
-                data,
-                &train_config,
-                |net, r| {
-                    let (test_acc_precise, reference) =
-                        precise(net, data, config.limit, seed, config.precise_batches, &test)?;
-                    let (mean_lag_sd, var_lag_log) = lag(net, &reference);
-                    println!(
-                        "momentum {label}, seed {seed}, epoch {}: test acc {:.3} (running), {:.3} (precise), lag {:.3} sd",
-                        r.epoch, r.test_acc, test_acc_precise, mean_lag_sd
-                    );
-                    epochs.push(MomentumEpoch {
-                        epoch: r.epoch,
-                        loss: r.loss,
-                        test_acc_running: r.test_acc,
-                        test_acc_precise,
-                        mean_lag_sd,
-                        var_lag_log,
-                    });
-                    Ok(())
-                },
-            )?;
-            runs.push(MomentumRun {
-                momentum: label.to_string(),
-                seed,
-                epochs,
-            });
-            if label == D2L_MOMENTUM {
-                trained.push((seed, net));
-            }
+    let jobs: Vec<(u64, &str, Momentum)> = config
+        .seeds
+        .iter()
+        .flat_map(|&seed| momenta().into_iter().map(move |(l, m)| (seed, l, m)))
+        .collect();
+    // side by side, one thread each: the d2l-convention networks come back
+    // as snapshots and are rebuilt here
+    let outcomes = side_by_side(jobs, |(seed, label, momentum)| {
+        let mut net = ModelKind::LenetBnConcise.build(&mut StdRng::seed_from_u64(seed))?;
+        for bn in net.batch_norm_layers_mut() {
+            bn.set_momentum(momentum)?;
         }
+        let train_config = TrainConfig {
+            epochs: config.epochs,
+            seed,
+            limit: config.limit,
+            progress: false, // the epoch lines are the progress
+            ..TrainConfig::d2l(ModelKind::LenetBnConcise)
+        };
+        let mut epochs = Vec::new();
+        train_epochs(
+            &mut net,
+            "lenet-bn-concise",
+            data,
+            &train_config,
+            |net, r| {
+                let (test_acc_precise, reference) =
+                    precise(net, data, config.limit, seed, config.precise_batches, &test)?;
+                let (mean_lag_sd, var_lag_log) = lag(net, &reference);
+                println!(
+                    "momentum {label}, seed {seed}, epoch {}: test acc {:.3} (running), {:.3} (precise), lag {:.3} sd",
+                    r.epoch, r.test_acc, test_acc_precise, mean_lag_sd
+                );
+                epochs.push(MomentumEpoch {
+                    epoch: r.epoch,
+                    loss: r.loss,
+                    test_acc_running: r.test_acc,
+                    test_acc_precise,
+                    mean_lag_sd,
+                    var_lag_log,
+                });
+                Ok(())
+            },
+        )?;
+        let run = MomentumRun {
+            momentum: label.to_string(),
+            seed,
+            epochs,
+        };
+        Ok((run, (label == D2L_MOMENTUM).then(|| Snapshot::of(&net))))
+    })?;
+    let (mut runs, mut trained) = (Vec::new(), Vec::new());
+    for (run, snapshot) in outcomes {
+        if let Some(snapshot) = snapshot {
+            trained.push((run.seed, snapshot.restore()?));
+        }
+        runs.push(run);
     }
     Ok((runs, trained))
 }
