@@ -35,6 +35,16 @@ Every run also records how many cores other programs used meanwhile (from
 PyTorch with more than one thread slows down many times over when a core is
 taken (its OpenMP threads spin-wait), bnbook much less.
 
+Then, unless --full-rounds is 0, whole training runs as the reader would run
+them, interleaved the same way: d2l's 10-epoch LeNet-BN recipe with its
+from-scratch batch norm on the real Fashion-MNIST (PyTorch: this file's own
+re-implementation of d2l's train_ch6, data read from the official gz files
+with gzip + numpy, test accuracy after every epoch; bnbook: `bnbook train
+--model lenet-bn --threads T --quiet`), each a fresh process timed from
+start to exit (loading the data, training, evaluating) with its peak
+resident memory (from wait4). The data directory is --data-dir (default
+/usr/share/datasets/fashion-mnist, Debian's dataset-fashion-mnist).
+
 Writes, into --out-dir (default book/generated):
   speed-vs-pytorch.md    the tables (training and evaluation) and a note
   speed-vs-pytorch.json  every raw measurement, the settings, the summary and
@@ -50,7 +60,7 @@ does not exist it is created with `python3 -m venv` and
 and several minutes). The release binary target/release/bnbook is built
 with `cargo build --release -p bnbook-lab` if it is missing.
 
-    python3 scripts/speed_vs_pytorch.py                 # about 4 minutes (40 runs)
+    python3 scripts/speed_vs_pytorch.py                 # about 7 minutes (40 + 4 runs)
     python3 scripts/speed_vs_pytorch.py --quick         # smoke test, ~1 min
     python3 scripts/speed_vs_pytorch.py --rounds 9 --threads 1 --steps 50
 
@@ -91,6 +101,15 @@ DEFAULT_ROUNDS = 5
 DEFAULT_STEPS = 30  # bnbook_lab::bench::DEFAULT_BATCHES
 QUICK_ROUNDS = 2
 QUICK_STEPS = 5
+DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+DATA_FILES = {"train_images": "train-images-idx3-ubyte.gz",
+              "train_labels": "train-labels-idx1-ubyte.gz",
+              "test_images": "t10k-images-idx3-ubyte.gz",
+              "test_labels": "t10k-labels-idx1-ubyte.gz"}
+DEFAULT_FULL_ROUNDS = 2
+DEFAULT_FULL_EPOCHS = 10  # d2l's
+DEFAULT_FULL_THREADS = 2
+QUICK_FULL_EPOCHS = 1
 INPUT_NOTE = (
     "random inputs of Fashion-MNIST's shape (seeded, uniform in [0, 1), "
     "labels i % 10), not Fashion-MNIST itself: the speed does not depend on "
@@ -126,14 +145,12 @@ def upper_median(values):
 # ==========================================================================
 
 
-def pytorch_worker(spec: dict) -> dict:
-    import numpy as np
+def torch_lenet_bn(variant: str):
+    """d2l's LeNet-BN in PyTorch, Xavier-uniform weights on every Conv2d and
+    Linear layer (as d2l's train_ch6 does): `scratch` with d2l's
+    from-scratch batch_norm / BatchNorm, `concise` with nn.BatchNorm2d/1d."""
     import torch
     from torch import nn
-
-    threads = spec["threads"]
-    torch.set_num_threads(threads)
-    torch.manual_seed(spec["seed"])
 
     # --- d2l's from-scratch batch norm (PyTorch edition), same semantics ---
     def batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum):
@@ -179,18 +196,30 @@ def pytorch_worker(spec: dict) -> dict:
             nn.Linear(120, 84), bn1d(84), nn.Sigmoid(),
             nn.Linear(84, 10))
 
-    if spec["variant"] == "scratch":
+    if variant == "scratch":
         net = lenet(lambda c: BatchNorm(c, 4), lambda c: BatchNorm(c, 2))
-    elif spec["variant"] == "concise":
+    elif variant == "concise":
         net = lenet(nn.BatchNorm2d, nn.BatchNorm1d)
     else:
-        raise ValueError(f"unknown variant {spec['variant']!r}")
+        raise ValueError(f"unknown variant {variant!r}")
 
     def init_weights(m):
         if type(m) in (nn.Linear, nn.Conv2d):
             nn.init.xavier_uniform_(m.weight)
 
     net.apply(init_weights)
+    return net
+
+
+def pytorch_worker(spec: dict) -> dict:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    threads = spec["threads"]
+    torch.set_num_threads(threads)
+    torch.manual_seed(spec["seed"])
+    net = torch_lenet_bn(spec["variant"])
     optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -241,6 +270,77 @@ def pytorch_worker(spec: dict) -> dict:
         "python": platform.python_version(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def read_idx_gz(path: str):
+    """An IDX file of unsigned bytes (Fashion-MNIST's format), gzip-compressed,
+    as a numpy array of its dimensions."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    zero, kind, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or kind != 0x08:
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def pytorch_full_worker(spec: dict) -> dict:
+    """d2l's train_ch6 on Fashion-MNIST with the from-scratch LeNet-BN: shuffled
+    batches of 256 (the last one short), SGD lr 1.0, training loss and accuracy
+    summed over the epoch's batches, test accuracy in eval mode after every
+    epoch."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(spec["seed"])
+    files = {k: os.path.join(spec["data_dir"], v) for k, v in DATA_FILES.items()}
+
+    def images(key):
+        a = read_idx_gz(files[key]).astype(np.float32) / np.float32(255.0)
+        return torch.from_numpy(a).reshape(-1, 1, 28, 28)
+
+    def labels(key):
+        return torch.from_numpy(read_idx_gz(files[key]).astype(np.int64))
+
+    x_train, y_train = images("train_images"), labels("train_labels")
+    x_test, y_test = images("test_images"), labels("test_labels")
+    net = torch_lenet_bn("scratch")
+    optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+    loss_fn = nn.CrossEntropyLoss()
+    shuffle = torch.Generator().manual_seed(spec["seed"])
+    n, b = x_train.shape[0], spec["batch_size"]
+    epochs = []
+    for epoch in range(spec["epochs"]):
+        net.train()
+        total_loss, correct = 0.0, 0
+        order = torch.randperm(n, generator=shuffle)
+        for start in range(0, n, b):
+            idx = order[start:start + b]
+            x, y = x_train[idx], y_train[idx]
+            optimizer.zero_grad()
+            logits = net(x)
+            loss = loss_fn(logits, y)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                total_loss += float(loss) * len(y)
+                correct += int((logits.argmax(dim=1) == y).sum())
+        net.eval()
+        right = 0
+        with torch.no_grad():
+            for start in range(0, x_test.shape[0], b):
+                logits = net(x_test[start:start + b])
+                right += int((logits.argmax(dim=1) == y_test[start:start + b]).sum())
+        epochs.append({"epoch": epoch + 1, "loss": total_loss / n, "train_acc": correct / n,
+                       "test_acc": right / x_test.shape[0]})
+    return {"epochs": epochs, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 # ==========================================================================
@@ -411,6 +511,122 @@ def run_bnbook(binary: Path, model: str, threads: int, steps: int, tmp: Path) ->
     return report
 
 
+def run_measured(cmd, env, log_path: Path) -> tuple[int, float, float]:
+    """Runs `cmd` with its output going to `log_path`; returns (exit code, wall
+    seconds from start to exit, peak resident memory in MB from wait4)."""
+    with open(log_path, "wb") as out:
+        start = time.perf_counter()
+        try:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        except OSError as e:
+            raise Failure(f"cannot start `{' '.join(map(str, cmd))}`: {e}")
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return proc.returncode, wall, usage.ru_maxrss / 1024  # ru_maxrss is in KB on Linux
+
+
+def run_pytorch_full(python: Path, data_dir: Path, threads: int, epochs: int,
+                     tmp: Path) -> dict:
+    spec = {"threads": threads, "epochs": epochs, "batch_size": BATCH_SIZE, "seed": SEED,
+            "data_dir": str(data_dir)}
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    log_path = tmp / "pytorch-full.log"
+    cmd = [str(python), str(Path(__file__).resolve()), "--pytorch-full-worker", json.dumps(spec)]
+    code, wall, rss = run_measured(cmd, env, log_path)
+    text = log_path.read_text(errors="replace")
+    lines = [l for l in text.splitlines() if l.startswith("{")]
+    if code != 0 or not lines:
+        raise Failure(f"the PyTorch training run failed (exit {code}):\n{tail(text)}")
+    result = json.loads(lines[-1])
+    return {"wall_s": wall, "peak_rss_mb": rss, "final": result["epochs"][-1],
+            "epochs": result["epochs"], "threads": result["threads"]}
+
+
+def run_bnbook_full(binary: Path, data_dir: Path, threads: int, epochs: int,
+                    tmp: Path) -> dict:
+    history = tmp / "bnbook-full.json"
+    history.unlink(missing_ok=True)
+    log_path = tmp / "bnbook-full.log"
+    cmd = [str(binary), "train", "--model", "lenet-bn", "--threads", str(threads),
+           "--epochs", str(epochs), "--batch-size", str(BATCH_SIZE), "--seed", str(SEED),
+           "--data-dir", str(data_dir), "--offline", "--quiet", "--json", str(history)]
+    code, wall, rss = run_measured(cmd, dict(os.environ), log_path)
+    if code != 0 or not history.is_file():
+        raise Failure(f"`{' '.join(cmd)}` failed (exit {code}):\n"
+                      f"{tail(log_path.read_text(errors='replace'))}")
+    records = json.loads(history.read_text())["history"]
+    final = {k: records[-1][k] for k in ("epoch", "loss", "train_acc", "test_acc")}
+    return {"wall_s": wall, "peak_rss_mb": rss, "final": final, "threads": threads}
+
+
+def check_data_dir(data_dir: Path) -> None:
+    missing = [f for f in DATA_FILES.values() if not (data_dir / f).is_file()]
+    if missing:
+        raise Failure(
+            f"the whole training runs need Fashion-MNIST in {data_dir}, which lacks "
+            f"{', '.join(missing)}; install Debian's dataset-fashion-mnist, pass --data-dir "
+            "DIR with the four official .gz files, or skip these runs with --full-rounds 0")
+
+
+def summarize_full(runs) -> dict:
+    pt = [r["pytorch"] for r in runs]
+    bn = [r["bnbook"] for r in runs]
+    ratios = [p["wall_s"] / b["wall_s"] for p, b in zip(pt, bn)]
+    return {
+        "rounds": len(runs),
+        "pytorch_wall_s_median": statistics.median(p["wall_s"] for p in pt),
+        "pytorch_wall_s_min": min(p["wall_s"] for p in pt),
+        "pytorch_wall_s_max": max(p["wall_s"] for p in pt),
+        "bnbook_wall_s_median": statistics.median(b["wall_s"] for b in bn),
+        "bnbook_wall_s_min": min(b["wall_s"] for b in bn),
+        "bnbook_wall_s_max": max(b["wall_s"] for b in bn),
+        "speedup_median_of_rounds": statistics.median(ratios),
+        "speedup_min": min(ratios), "speedup_max": max(ratios),
+        "pytorch_peak_rss_mb_median": statistics.median(p["peak_rss_mb"] for p in pt),
+        "bnbook_peak_rss_mb_median": statistics.median(b["peak_rss_mb"] for b in bn),
+        "pytorch_final": pt[-1]["final"],
+        "bnbook_final": bn[-1]["final"],
+        "other_load_cores_max": max(
+            (x["contention"]["other_load_cores"] for x in pt + bn
+             if x["contention"]["other_load_cores"] is not None), default=None),
+    }
+
+
+def full_markdown(full: dict, settings: dict) -> list[str]:
+    def metrics(f):
+        return f"{f['loss']:.3f} / {f['train_acc']:.3f} / {f['test_acc']:.3f}"
+
+    f = full
+    return [
+        f"**Whole training run: {settings['full_epochs']} "
+        f"epoch{'' if settings['full_epochs'] == 1 else 's'} of `lenet-bn` ↔ d2l's scratch "
+        f"LeNet-BN on Fashion-MNIST, {settings['full_threads']} "
+        f"thread{'' if settings['full_threads'] == 1 else 's'}, from start to exit "
+        "(loading, training, evaluating after every epoch)**",
+        "",
+        "| | PyTorch | bnbook | PyTorch / bnbook |",
+        "|---|---|---|---|",
+        f"| wall time (s) | {f['pytorch_wall_s_median']:.1f} "
+        f"({f['pytorch_wall_s_min']:.1f}–{f['pytorch_wall_s_max']:.1f}) "
+        f"| {f['bnbook_wall_s_median']:.1f} ({f['bnbook_wall_s_min']:.1f}–{f['bnbook_wall_s_max']:.1f}) "
+        f"| {f['speedup_median_of_rounds']:.2f} ({f['speedup_min']:.2f}–{f['speedup_max']:.2f}) |",
+        f"| peak resident memory (MB) | {f['pytorch_peak_rss_mb_median']:.0f} "
+        f"| {f['bnbook_peak_rss_mb_median']:.0f} "
+        f"| {f['pytorch_peak_rss_mb_median'] / f['bnbook_peak_rss_mb_median']:.1f} |",
+        f"| final training loss / training accuracy / test accuracy | {metrics(f['pytorch_final'])} "
+        f"| {metrics(f['bnbook_final'])} | |",
+        "",
+        f"Medians of {f['rounds']} interleaved round{'' if f['rounds'] == 1 else 's'} "
+        "(PyTorch, then bnbook; min–max in parentheses; PyTorch / bnbook is the median of the "
+        "per-round ratios of wall time, above 1 when bnbook is faster). Same recipe on both "
+        f"sides: batch {settings['batch_size']}, lr 1.0, seed {settings['seed']}, shuffled "
+        "batches, test accuracy after every epoch; the two sides draw different initial "
+        "weights and batch orders, so their final numbers differ as two seeds do"
+        + busy_note(f["other_load_cores_max"]) + ".",
+    ]
+
+
 def now_utc() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -511,7 +727,7 @@ def summarize(measurements, thread_counts) -> list[dict]:
     return rows
 
 
-def markdown(rows, settings, machine) -> str:
+def markdown(rows, settings, machine, full=None) -> str:
     def table(kind, title):
         out = [f"**{title}**", "",
                "| pair | threads | PyTorch ex/s | bnbook ex/s | bnbook / PyTorch | "
@@ -540,6 +756,9 @@ def markdown(rows, settings, machine) -> str:
         f"{settings['warm_up']} warm-up steps, on random inputs of Fashion-MNIST's shape; "
         f"PyTorch {machine['torch']} (PyPI wheel, CPU), {machine['cpu_model']}, "
         f"{machine['usable_cpus']} cores, {machine['date'][:10]}{load_note(rows)}.")
+    if full is not None:
+        lines.append("")
+        lines += full_markdown(full, settings)
     if settings["quick"]:
         lines.append("")
         lines.append("Smoke test (`--quick`): too few steps and rounds to mean much.")
@@ -548,9 +767,13 @@ def markdown(rows, settings, machine) -> str:
 
 def load_note(rows) -> str:
     loads = [r["other_load_cores_max"] for r in rows if r["other_load_cores_max"] is not None]
-    if not loads:
+    return busy_note(max(loads) if loads else None)
+
+
+def busy_note(worst) -> str:
+    """How much other programs used at most, and a warning above BUSY_CORES."""
+    if worst is None:
         return ""
-    worst = max(loads)
     note = f"; other programs used at most {worst:.2f} cores during a run"
     if worst > BUSY_CORES:
         note += " (a busy machine: treat these numbers with care)"
@@ -572,6 +795,16 @@ def parse_threads(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"expected positive thread counts separated by commas, e.g. 1,2; got {text!r}")
     return values
+
+
+def non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
+    return v
 
 
 def positive(text: str) -> int:
@@ -608,15 +841,35 @@ def main(argv=None) -> int:
                    help=f"venv with torch and numpy, created if missing (default {DEFAULT_VENV})")
     p.add_argument("--bnbook", default=None, metavar="PATH",
                    help="bnbook binary (default target/release/bnbook, built if missing)")
+    p.add_argument("--full-rounds", type=non_negative, default=None,
+                   help=f"interleaved rounds of whole training runs on Fashion-MNIST (default "
+                        f"{DEFAULT_FULL_ROUNDS}; --quick: 1; 0 skips them)")
+    p.add_argument("--full-epochs", type=positive, default=None,
+                   help=f"epochs of each whole training run (default {DEFAULT_FULL_EPOCHS}, "
+                        f"d2l's; --quick: {QUICK_FULL_EPOCHS})")
+    p.add_argument("--full-threads", type=positive, default=DEFAULT_FULL_THREADS,
+                   help=f"threads of the whole training runs (default {DEFAULT_FULL_THREADS})")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help=f"directory with the four Fashion-MNIST .gz files (default "
+                        f"{DEFAULT_DATA_DIR})")
     p.add_argument("--pytorch-worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--pytorch-full-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.pytorch_worker is not None:
         print(json.dumps(pytorch_worker(json.loads(args.pytorch_worker))), flush=True)
         return 0
+    if args.pytorch_full_worker is not None:
+        print(json.dumps(pytorch_full_worker(json.loads(args.pytorch_full_worker))), flush=True)
+        return 0
 
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
     steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
+    full_rounds = args.full_rounds if args.full_rounds is not None else (
+        1 if args.quick else DEFAULT_FULL_ROUNDS)
+    full_epochs = args.full_epochs or (QUICK_FULL_EPOCHS if args.quick else DEFAULT_FULL_EPOCHS)
+    if full_rounds:
+        check_data_dir(args.data_dir)
     if args.out_dir is not None:
         out_dir = args.out_dir
     elif args.quick:
@@ -646,6 +899,12 @@ def main(argv=None) -> int:
                   f"--batches STEPS --json FILE",
         "order": "for each thread count, for each round, for each pair: PyTorch then bnbook",
         "median_of_steps": "upper median (sorted[n // 2]) on both sides",
+        "full_rounds": full_rounds, "full_epochs": full_epochs,
+        "full_threads": args.full_threads, "data_dir": str(args.data_dir),
+        "full_run": "PyTorch: d2l's train_ch6 with the scratch LeNet-BN (this file's "
+                    "pytorch_full_worker); bnbook: train --model lenet-bn --threads T "
+                    "--quiet; each a fresh process, wall time from start to exit, peak "
+                    "resident memory from wait4",
     }
     total = len(args.threads) * rounds * len(PAIRS) * 2
     log(f"Timing {len(PAIRS)} pairs x threads {args.threads} x {rounds} rounds "
@@ -686,6 +945,22 @@ def main(argv=None) -> int:
                     if pt["last_loss"] != pt["last_loss"] or abs(pt["last_loss"]) == float("inf"):
                         log(f"note: PyTorch's loss is {pt['last_loss']} (non-finite values "
                             "may change the speed)")
+        full_runs = []
+        for r in range(1, full_rounds + 1):
+            log(f"whole training run, round {r}/{full_rounds}: {full_epochs} epoch(s) of "
+                f"LeNet-BN on {args.full_threads} thread(s), PyTorch then bnbook ...")
+            pt = timed(run_pytorch_full, python, args.data_dir, args.full_threads,
+                       full_epochs, Path(tmp))
+            bn = timed(run_bnbook_full, binary, args.data_dir, args.full_threads,
+                       full_epochs, Path(tmp))
+            full_runs.append({"round": r, "pytorch": pt, "bnbook": bn})
+            busy = [x["contention"]["other_load_cores"] for x in (pt, bn)]
+            busy = max((b for b in busy if b is not None), default=None)
+            flag = f"  [busy: others used {busy:.1f} cores]" if busy and busy > BUSY_CORES else ""
+            log(f"  PyTorch {pt['wall_s']:.1f} s, {pt['peak_rss_mb']:.0f} MB, test acc "
+                f"{pt['final']['test_acc']:.3f} | bnbook {bn['wall_s']:.1f} s, "
+                f"{bn['peak_rss_mb']:.0f} MB, test acc {bn['final']['test_acc']:.3f} "
+                f"({pt['wall_s'] / bn['wall_s']:.2f}x){flag}")
 
     if busy_runs:
         log(f"note: other programs used more than {BUSY_CORES} cores during {busy_runs} of "
@@ -696,10 +971,12 @@ def main(argv=None) -> int:
     machine.update(date=started, finished=now_utc(), load_average_at_start=load_at_start,
                    load_average_at_end=load_average())
     rows = summarize(measurements, args.threads)
+    full = summarize_full(full_runs) if full_runs else None
     doc = {"generator": GENERATOR, "settings": settings, "machine": machine,
            "pairs": [{"pair": k, "bnbook_model": m, "pytorch_network": n} for k, m, n, _ in PAIRS],
-           "summary": rows, "measurements": measurements}
-    md = markdown(rows, settings, machine)
+           "summary": rows, "measurements": measurements,
+           "full_run_summary": full, "full_runs": full_runs}
+    md = markdown(rows, settings, machine, full)
     write_atomic(out_dir / OUT_JSON, json.dumps(doc, indent=2) + "\n")
     write_atomic(out_dir / OUT_MD, md)
     log("")
