@@ -18,7 +18,7 @@
 //!   fused and composed.
 
 use crate::largest_difference;
-use crate::report::{Manifest, Writer};
+use crate::report::{Manifest, Writer, plural};
 use crate::side_by_side::side_by_side;
 use bnbook::Tensor;
 use bnbook::concise::{BatchNorm1d, BatchNormOptions};
@@ -545,10 +545,10 @@ fn accuracy_markdown(runs: &[History], config: &CompareConfig) -> String {
         );
     }
     md += &format!(
-        "\nBatch 256, lr 1.0, {} epochs, seeds {:?}{}; accuracy after the last epoch. \
+        "\nBatch 256, lr 1.0, {}, seeds {:?}{}; accuracy after the last epoch. \
          Examples/s: median over epochs, mean over seeds, each run on one thread with {} \
          (see `side_by_side`).\n",
-        config.epochs,
+        plural(config.epochs, "epoch"),
         config.seeds,
         match config.limit {
             Some(n) => format!(", first {n} training and test examples only"),
@@ -591,10 +591,10 @@ fn sweep_markdown(runs: &[SweepRun], config: &CompareConfig) -> String {
         md += "\n";
     }
     md += &format!(
-        "\n{} epochs per run at every batch size, lr = 1.0 · batch/256, seeds {:?}{}; \
+        "\n{} per run at every batch size, lr = 1.0 · batch/256, seeds {:?}{}; \
          accuracy after the last epoch (train acc: running average over the last epoch); \
          with several seeds, mean (lowest–highest).\n",
-        config.sweep_epochs,
+        plural(config.sweep_epochs, "epoch"),
         config.sweep_seeds,
         match config.sweep_limit {
             Some(n) => format!(", first {n} training and test examples only"),

@@ -652,8 +652,8 @@ fn activations_markdown(rows: &[ActivationSummary], config: &DynamicsConfig) -> 
     }
     md += &format!(
         "\nInput of unit 0 of the last hidden layer's sigmoid (84 units), over the step's batch of 256; \
-         drift = largest minus smallest median over the recorded steps; {} epochs at lr {}; {}.\n",
-        config.epochs,
+         drift = largest minus smallest median over the recorded steps; {} at lr {}; {}.\n",
+        plural(config.epochs, "epoch"),
         learning_rate(),
         spread_note(config)
     );
@@ -794,9 +794,9 @@ fn gradients_markdown(rows: &[GradientSummary], end: bool, config: &DynamicsConf
     }
     md += &format!(
         "\n‖∂loss/∂W‖ of each weight layer at the {} training step, on that step's batch; \
-         {} epochs at lr {}; {}.\n",
+         {} at lr {}; {}.\n",
         if end { "last" } else { "first" },
-        config.epochs,
+        plural(config.epochs, "epoch"),
         learning_rate(),
         spread_note(config)
     );

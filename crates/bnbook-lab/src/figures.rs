@@ -269,8 +269,9 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
         gb += &format!("| {c} | {g:.4} | {b:.4} |\n");
     }
     gb += &format!(
-        "\n(layer {index} of `lenet-bn`, seed {}, after {} epochs)\n",
-        config.seeds[0], config.epochs
+        "\n(layer {index} of `lenet-bn`, seed {}, after {})\n",
+        config.seeds[0],
+        plural(config.epochs, "epoch")
     );
     w.write(
         "gamma-beta.md",
