@@ -631,8 +631,9 @@ fn replaces(v: f32, best: f32) -> bool {
 }
 
 /// Calls `f(plane, y, argmax)` for the `plane`-sized pieces of `y` and
-/// `argmax` that belong to each image plane, bunched into parallel tasks
-/// like [`kernels::for_each_chunk`].
+/// `argmax` that belong to each image plane: [`kernels::for_each_chunk`]
+/// for two outputs at once, bunched into parallel tasks the same way
+/// ([`kernels::chunks_per_task`]).
 fn for_each_plane_pair(
     y: &mut [f32],
     argmax: &mut [u32],
@@ -642,7 +643,7 @@ fn for_each_plane_pair(
     if plane == 0 {
         return;
     }
-    if y.len() < kernels::PARALLEL_THRESHOLD {
+    let Some(per_task) = kernels::chunks_per_task(y.len(), plane) else {
         for (p, (y, argmax)) in y
             .chunks_mut(plane)
             .zip(argmax.chunks_mut(plane))
@@ -651,8 +652,7 @@ fn for_each_plane_pair(
             f(p, y, argmax);
         }
         return;
-    }
-    let per_task = (kernels::VALUES_PER_TASK / plane).max(1);
+    };
     y.par_chunks_mut(plane * per_task)
         .zip(argmax.par_chunks_mut(plane * per_task))
         .enumerate()

@@ -15,11 +15,11 @@ use ndarray::{ArrayD, IxDyn};
 use std::mem::MaybeUninit;
 
 /// Outputs with fewer elements than this are computed on one thread.
-pub(super) const PARALLEL_THRESHOLD: usize = 1 << 15;
+const PARALLEL_THRESHOLD: usize = 1 << 15;
 
 /// Values per parallel task of [`for_each_chunk`] when chunks are small,
 /// and per piece of [`build_blocked`].
-pub(super) const VALUES_PER_TASK: usize = 1 << 13;
+const VALUES_PER_TASK: usize = 1 << 13;
 
 /// How one operand is laid out relative to the output.
 #[derive(Clone, Debug)]
@@ -156,8 +156,7 @@ pub(crate) fn for_each_chunk<T: Send>(
     if chunk == 0 {
         return;
     }
-    if out.len() >= PARALLEL_THRESHOLD {
-        let per_task = (VALUES_PER_TASK / chunk).max(1);
+    if let Some(per_task) = chunks_per_task(out.len(), chunk) {
         out.par_chunks_mut(chunk * per_task)
             .enumerate()
             .for_each(|(task, bunch)| {
@@ -170,6 +169,13 @@ pub(crate) fn for_each_chunk<T: Send>(
     } else {
         with_wide_vectors(|| out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)));
     }
+}
+
+/// How [`for_each_chunk`] splits `len` values in chunks of `chunk`: the
+/// number of chunks per parallel task, or `None` when there are too few
+/// values to split across threads.
+pub(super) fn chunks_per_task(len: usize, chunk: usize) -> Option<usize> {
+    (len >= PARALLEL_THRESHOLD).then(|| (VALUES_PER_TASK / chunk.max(1)).max(1))
 }
 
 /// Defines a function whose body is compiled three times, for AVX-512, for
