@@ -554,10 +554,7 @@ fn accuracy_markdown(runs: &[History], config: &CompareConfig) -> String {
             Some(n) => format!(", first {n} training and test examples only"),
             None => String::new(),
         },
-        match rayon::current_num_threads() {
-            1 => "the runs one after the other".to_string(),
-            t => format!("{t} runs side by side"),
-        }
+        crate::side_by_side::arrangement()
     );
     md
 }

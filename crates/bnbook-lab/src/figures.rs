@@ -129,14 +129,22 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     let mut outcomes = side_by_side(jobs, |job| run_job(data, config, job))?.into_iter();
     let mut next = || outcomes.next().expect("one outcome per job");
     let (plain, maxpool) = (next().history, next().history);
-    let bn_outcomes: Vec<Outcome> = config.seeds.iter().map(|_| next()).collect();
+    let bn_outcomes: Vec<(History, BatchNormReadings)> = config
+        .seeds
+        .iter()
+        .map(|_| {
+            let o = next();
+            let readings = o.batch_norm.expect("lenet-bn runs read their batch norm");
+            (o.history, readings)
+        })
+        .collect();
     let (concise, no_norm, mxnet) = (next().history, next().history, next().history);
-    for o in &bn_outcomes {
-        let seed = o.history.seed;
+    for (history, _) in &bn_outcomes {
+        let seed = history.seed;
         w.json(
             &format!("lenet-bn-seed{seed}.json"),
             &format!("history of lenet-bn, seed {seed}"),
-            &o.history,
+            history,
         )?;
     }
     w.json(
@@ -164,7 +172,7 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
         "history of d2l's MXNet recipe: max pooling, lr 0.9, 5 epochs, momentum 0.9 on the new batch",
         &mxnet,
     )?;
-    let bn_runs: Vec<&History> = bn_outcomes.iter().map(|o| &o.history).collect();
+    let bn_runs: Vec<&History> = bn_outcomes.iter().map(|(history, _)| history).collect();
 
     // the same runs twice: test accuracy, then training loss
     let charts: [(&str, &str, &str, Metric); 2] = [
@@ -251,10 +259,10 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
         / bn_runs.len() as f64;
     table += &format!(
         "\nMean final test accuracy of `lenet-bn` over {}: {mean_test:.3}. \
-         Examples/s: median over epochs, each run on one thread with {} side by side \
+         Examples/s: median over epochs, each run on one thread with {} \
          (see `side_by_side`).\n",
         plural(bn_runs.len(), "seed"),
-        plural(rayon::current_num_threads(), "run")
+        crate::side_by_side::arrangement()
     );
     w.write(
         "runs-table.md",
@@ -263,13 +271,14 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     )?;
 
     // ----- learned γ and β of the first BN layer -----
-    let (index, gamma, beta) = &bn_outcomes[0].first_batch_norm;
+    let first = &bn_outcomes[0].1;
     let mut gb = String::from("| channel | γ | β |\n|---|---|---|\n");
-    for (c, (g, b)) in gamma.iter().zip(beta).enumerate() {
+    for (c, (g, b)) in first.gamma.iter().zip(&first.beta).enumerate() {
         gb += &format!("| {c} | {g:.4} | {b:.4} |\n");
     }
     gb += &format!(
-        "\n(layer {index} of `lenet-bn`, seed {}, after {})\n",
+        "\n(layer {} of `lenet-bn`, seed {}, after {})\n",
+        first.layer,
         config.seeds[0],
         plural(config.epochs, "epoch")
     );
@@ -283,11 +292,11 @@ pub fn generate(data: &FashionMnist, config: &FiguresConfig, command: &str) -> R
     let mut lag = format!(
         "| seed | test acc, running statistics | test acc, statistics re-estimated on {REESTIMATE_BATCHES} training batches |\n|---|---|---|\n",
     );
-    for o in &bn_outcomes {
-        let before = o.history.last().expect("epochs > 0").test_acc;
+    for (history, readings) in &bn_outcomes {
+        let before = history.last().expect("epochs > 0").test_acc;
         lag += &format!(
             "| {} | {before:.3} | {:.3} |\n",
-            o.history.seed, o.test_acc_reestimated
+            history.seed, readings.test_acc_reestimated
         );
     }
     w.write(
@@ -388,13 +397,22 @@ enum Job {
     MxnetRecipe,
 }
 
-/// What the figures need of one run: its history and, read off the trained
-/// network before it is dropped, the first batch-norm layer's index, γ and
-/// β, and the test accuracy once the running statistics are re-estimated
-/// for the final weights (both empty or NaN for a network without BN).
+/// What the figures need of one run: its history and, for `lenet-bn`, what
+/// the tables read off the trained network before it is dropped.
 struct Outcome {
     history: History,
-    first_batch_norm: (usize, Vec<f32>, Vec<f32>),
+    batch_norm: Option<BatchNormReadings>,
+}
+
+/// Read off a trained `lenet-bn` on its worker thread.
+struct BatchNormReadings {
+    /// Index of the first batch-norm layer in the network.
+    layer: usize,
+    /// Its γ and β.
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    /// The test accuracy once the running statistics are re-estimated for
+    /// the final weights ([`reestimated_test_acc`]).
     test_acc_reestimated: f64,
 }
 
@@ -435,8 +453,7 @@ fn run_job(data: &FashionMnist, config: &FiguresConfig, job: Job) -> Result<Outc
             );
             return Ok(Outcome {
                 history,
-                first_batch_norm: (0, Vec::new(), Vec::new()),
-                test_acc_reestimated: f64::NAN,
+                batch_norm: None,
             });
         }
     };
@@ -457,23 +474,23 @@ fn run_job(data: &FashionMnist, config: &FiguresConfig, job: Job) -> Result<Outc
     if model != ModelKind::LenetBn {
         return Ok(Outcome {
             history,
-            first_batch_norm: (0, Vec::new(), Vec::new()),
-            test_acc_reestimated: f64::NAN,
+            batch_norm: None,
         });
     }
-    let first_batch_norm = {
-        let (index, bn) = net.batch_norm_layers()[0];
-        (
-            index,
-            bn.gamma().unwrap_or_default(),
-            bn.beta().unwrap_or_default(),
-        )
-    };
+    let (layer, bn) = net.batch_norm_layers()[0];
+    let (gamma, beta) = (
+        bn.gamma().unwrap_or_default(),
+        bn.beta().unwrap_or_default(),
+    );
     let test_acc_reestimated = reestimated_test_acc(&mut net, data, config.limit, seed)?;
     Ok(Outcome {
         history,
-        first_batch_norm,
-        test_acc_reestimated,
+        batch_norm: Some(BatchNormReadings {
+            layer,
+            gamma,
+            beta,
+            test_acc_reestimated,
+        }),
     })
 }
 

@@ -68,6 +68,16 @@ where
     results.into_iter().map(|(_, result)| result).collect()
 }
 
+/// How [`side_by_side`] arranges its runs on this pool, for the notes
+/// under the tables: `2 runs side by side`, or `the runs one after the
+/// other` on one thread.
+pub fn arrangement() -> String {
+    match rayon::current_num_threads() {
+        1 => "the runs one after the other".to_string(),
+        t => format!("{t} runs side by side"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
