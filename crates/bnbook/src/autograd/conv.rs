@@ -231,7 +231,10 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
             dst[at..at + 16].copy_from_slice(&sixteen(at));
             at += 16;
         }
-        if at < len {
+        if at + 8 == len {
+            let eight: [f32; 8] = src[at..len].try_into().expect("eight values");
+            dst[at..len].copy_from_slice(&eight);
+        } else if at < len {
             dst[len - 16..].copy_from_slice(&sixteen(len - 16));
         }
         return;
@@ -356,8 +359,7 @@ impl Tensor {
         }
         let (field, positions) = (g.field(), g.positions());
 
-        let mut y = vec![0.0_f32; g.n * o * positions];
-        {
+        let y = {
             let x = self.value();
             let x = x.as_standard_layout();
             let x = x.as_slice().expect("standard layout");
@@ -365,23 +367,19 @@ impl Tensor {
             let w = w.as_standard_layout();
             let w_mat = Mat::row_major(w.as_slice().expect("standard layout"), o, field);
             let b: Option<Vec<f32>> = bias.map(|b| b.value().iter().copied().collect());
-            y.par_chunks_mut(o * positions)
-                .enumerate()
-                .for_each(|(i, y_i)| {
-                    with_wide_vectors(|| {
-                        with_im2col_scratch(&g, |cols, framed| {
-                            im2col(&x[i * g.image_len()..][..g.image_len()], &g, cols, framed);
-                            let cols = Mat::row_major(cols, field, positions);
-                            gemm(y_i, w_mat, cols, false); // Y_i = W · cols_i
-                        });
-                        if let Some(b) = &b {
-                            for (row, &b) in y_i.chunks_exact_mut(positions).zip(b) {
-                                row.iter_mut().for_each(|v| *v += b);
-                            }
-                        }
-                    })
+            kernels::build_from_zeros(g.n * o * positions, o * positions, |i, y_i| {
+                with_im2col_scratch(&g, |cols, framed| {
+                    im2col(&x[i * g.image_len()..][..g.image_len()], &g, cols, framed);
+                    let cols = Mat::row_major(cols, field, positions);
+                    gemm(y_i, w_mat, cols, false); // Y_i = W · cols_i
                 });
-        }
+                if let Some(b) = &b {
+                    for (row, &b) in y_i.chunks_exact_mut(positions).zip(b) {
+                        row.iter_mut().for_each(|v| *v += b);
+                    }
+                }
+            })
+        };
         let y = ArrayD::from_shape_vec(IxDyn(&[g.n, o, g.oh, g.ow]), y).expect("sizes");
 
         let mut parents = vec![self, weight];
@@ -396,15 +394,11 @@ impl Tensor {
             let g_image = |i: usize| Mat::row_major(&grad[i * o * positions..], o, positions);
             // Y_i = W·cols_i:  ∂L/∂cols_i = Wᵀ·G_i,  ∂L/∂W = Σ_i G_i·cols_iᵀ,  ∂L/∂b = Σ rows of G_i
             let dx = ctx.needs(0).then(|| {
-                let mut dx = vec![0.0_f32; g.n * g.image_len()];
-                dx.par_chunks_mut(g.image_len())
-                    .enumerate()
-                    .for_each(|(i, dx_i)| {
-                        with_wide_vectors(|| {
-                            with_scratch(field * positions, |dcols| {
-                                gemm(dcols, w_mat.t(), g_image(i), false);
-                                col2im(dcols, &g, dx_i);
-                            })
+                let dx =
+                    kernels::build_from_zeros(g.n * g.image_len(), g.image_len(), |i, dx_i| {
+                        with_scratch(field * positions, |dcols| {
+                            gemm(dcols, w_mat.t(), g_image(i), false);
+                            col2im(dcols, &g, dx_i);
                         })
                     });
                 ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.h, g.w]), dx).expect("sizes")

@@ -325,6 +325,28 @@ pub(crate) fn build(
     v
 }
 
+/// A vector of `len` values produced chunk by chunk like [`build`], for a
+/// `fill(index, chunk)` that adds into its chunk (col2im) or hands it to a
+/// matrix product: each chunk is set to zero by the task that fills it,
+/// just before, while it is in cache. `vec![0.0; len]` would instead zero
+/// the whole vector in a pass of its own, after which the lines of a large
+/// vector have left the cache again before the fill comes to them.
+pub(crate) fn build_from_zeros(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    build(len, chunk, |index, dst| {
+        for v in dst.iter_mut() {
+            v.write(0.0);
+        }
+        // SAFETY: every element of `dst` was written just above, and
+        // `MaybeUninit<f32>` has the layout of `f32`.
+        let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        fill(index, dst);
+    })
+}
+
 /// A vector of `len` values laid out in `block`-sized blocks, produced
 /// piece by piece: `fill(b, within, piece)` must write every element of
 /// `piece`, which holds the output values `within .. within + piece.len()`
