@@ -17,8 +17,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), bnbook::Error> {
     bnbook_lab::bench::keep_freed_memory();
-    // on a thread of rayon's pool, as `bnbook` runs its commands
-    rayon::scope(|_| profile())
+    // on a thread of rayon's pool, with the other threads kept awake, as
+    // `bnbook train` and `bnbook bench` run
+    rayon::scope(|_| bnbook::parallel::keep_pool_awake(profile))
 }
 
 fn profile() -> Result<(), bnbook::Error> {
@@ -26,7 +27,7 @@ fn profile() -> Result<(), bnbook::Error> {
         .nth(1)
         .unwrap_or("lenet-bn".into())
         .parse()?;
-    let steps = 10;
+    let steps = 30;
     let mut net = model.build(&mut StdRng::seed_from_u64(0))?;
     let params = net.parameters();
     let sgd = Sgd::new(0.1)?;

@@ -95,25 +95,29 @@ pub fn bench(model: ModelKind, batch_size: usize, batches: usize) -> Result<Benc
     let labels: Vec<usize> = (0..batch_size).map(|i| i % 10).collect();
     let warm_up = WARM_UP_BATCHES;
     let (mut train_ms, mut eval_ms) = (Vec::new(), Vec::new());
-    for i in 0..warm_up + batches {
-        let start = Instant::now();
-        let loss = net
-            .forward(&x, Mode::Train)?
-            .softmax_cross_entropy(&labels)?;
-        loss.backward();
-        sgd.step(&params);
-        sgd.zero_grad(&params);
-        drop(loss);
-        let trained = Instant::now();
-        // evaluation as `train::evaluate` runs it: no graph (torch.no_grad())
-        let logits = no_grad(|| net.forward(&x, Mode::Eval))?;
-        drop(logits);
-        let evaluated = Instant::now();
-        if i >= warm_up {
-            train_ms.push((trained - start).as_secs_f64() * 1e3);
-            eval_ms.push((evaluated - trained).as_secs_f64() * 1e3);
+    // as `train_model` does: the other pool threads wait for work awake
+    bnbook::parallel::keep_pool_awake(|| -> bnbook::Result<()> {
+        for i in 0..warm_up + batches {
+            let start = Instant::now();
+            let loss = net
+                .forward(&x, Mode::Train)?
+                .softmax_cross_entropy(&labels)?;
+            loss.backward();
+            sgd.step(&params);
+            sgd.zero_grad(&params);
+            drop(loss);
+            let trained = Instant::now();
+            // evaluation as `train::evaluate` runs it: no graph (torch.no_grad())
+            let logits = no_grad(|| net.forward(&x, Mode::Eval))?;
+            drop(logits);
+            let evaluated = Instant::now();
+            if i >= warm_up {
+                train_ms.push((trained - start).as_secs_f64() * 1e3);
+                eval_ms.push((evaluated - trained).as_secs_f64() * 1e3);
+            }
         }
-    }
+        Ok(())
+    })?;
     let (train_step_ms, eval_forward_ms) = (median(train_ms), median(eval_ms));
     Ok(BenchReport {
         model: model.name().to_string(),

@@ -57,7 +57,7 @@ pub mod gradcheck;
 pub mod models;
 pub mod nn;
 pub mod norms;
-mod parallel;
+pub mod parallel;
 pub mod plot;
 pub mod prelude;
 pub mod random;

@@ -213,7 +213,8 @@ pub fn train_model(
     model.check_batch_size(config.batch_size)?;
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut net = model.build(&mut rng)?;
-    let history = train(&mut net, model.name(), data, config, on_epoch)?;
+    let history =
+        crate::parallel::keep_pool_awake(|| train(&mut net, model.name(), data, config, on_epoch))?;
     Ok((net, history))
 }
 
