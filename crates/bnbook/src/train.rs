@@ -201,6 +201,11 @@ impl History {
 /// Builds `model` from `config.seed` and trains it on `data`; calls
 /// `on_epoch` after every epoch. Returns the trained network and its history.
 ///
+/// Called on a thread of a rayon pool with more than one thread (as the
+/// `bnbook` command runs), it keeps the pool's other threads waiting for
+/// work awake while it trains ([`keep_pool_awake`](crate::parallel::keep_pool_awake)):
+/// the same numbers, a few percent sooner.
+///
 /// # Errors
 /// If the settings are invalid ([`TrainConfig::validate`],
 /// [`ModelKind::check_batch_size`]) or the data is inconsistent.
