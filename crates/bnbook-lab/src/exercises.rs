@@ -629,14 +629,6 @@ pub fn single_image() -> Result<Vec<SingleImage>> {
 /// fails.
 pub fn run(data: &FashionMnist, config: &ExercisesConfig) -> Result<Results> {
     config.validate(data)?;
-    // one run after another on every thread (their runs are too short to
-    // gain from going side by side, measured): the other threads wait for
-    // each parallel loop awake, as in `train_model`
-    bnbook::parallel::keep_pool_awake(|| run_all(data, config))
-}
-
-/// [`run`] after the checks.
-fn run_all(data: &FashionMnist, config: &ExercisesConfig) -> Result<Results> {
     let bias_gradients = bias_gradients(data)?;
     let test = match config.limit {
         Some(n) => data.test.head(n),
