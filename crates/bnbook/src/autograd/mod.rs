@@ -40,7 +40,7 @@ pub(crate) use kernels::{build, with_wide_vectors};
 pub(crate) use loss::check_logits;
 
 use ndarray::ArrayD;
-use std::cell::{Ref, RefCell, RefMut};
+use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::collections::HashSet;
 use std::fmt;
 use std::rc::Rc;
@@ -102,6 +102,8 @@ pub struct BackwardContext<'a> {
     pub inputs: &'a [&'a ArrayD<f32>],
     /// Whether each parent needs a gradient.
     pub needs_grad: &'a [bool],
+    /// The parent [`BackwardContext::hand_on`] gave `grad` to, if any.
+    handed_on: Cell<Option<usize>>,
 }
 
 impl BackwardContext<'_> {
@@ -113,6 +115,31 @@ impl BackwardContext<'_> {
     /// Whether parent `i` needs a gradient.
     pub fn needs(&self, i: usize) -> bool {
         self.needs_grad[i]
+    }
+
+    /// The gradient of parent `i` when it is `grad` itself, unchanged (a
+    /// full-size operand of an addition, the first of a subtraction). The
+    /// first such parent gets `grad` *moved* to it once the rule has
+    /// returned, instead of a copy (this method returns `None` for it); any
+    /// later one gets a copy. Nothing else needs `grad` by then: the reverse
+    /// sweep frees an intermediate gradient as soon as it has been passed on.
+    ///
+    /// # Panics
+    /// If parent `i` does not have the shape of `grad`.
+    pub fn hand_on(&self, i: usize) -> Option<ArrayD<f32>> {
+        assert_eq!(
+            self.inputs[i].shape(),
+            self.grad.shape(),
+            "hand_on: parent {i} does not have the output's shape"
+        );
+        if !self.needs(i) {
+            return None;
+        }
+        if self.handed_on.get().is_none() {
+            self.handed_on.set(Some(i));
+            return None;
+        }
+        Some(self.grad.clone())
     }
 }
 
@@ -379,21 +406,24 @@ impl Tensor {
         let Some(backward) = &self.0.backward else {
             return; // a leaf
         };
-        let grad = self.0.grad.borrow();
-        let Some(grad) = grad.as_ref() else {
-            return; // not reached by the loss
-        };
         let values: Vec<Ref<ArrayD<f32>>> = self.0.parents.iter().map(|p| p.value()).collect();
         let inputs: Vec<&ArrayD<f32>> = values.iter().map(|v| &**v).collect();
         let needs: Vec<bool> = self.0.parents.iter().map(|p| p.requires_grad()).collect();
-        let output = self.value();
-        let ctx = BackwardContext {
-            grad,
-            output: &output,
-            inputs: &inputs,
-            needs_grad: &needs,
+        let (parent_grads, handed_on) = {
+            let grad = self.0.grad.borrow();
+            let Some(grad) = grad.as_ref() else {
+                return; // not reached by the loss
+            };
+            let output = self.value();
+            let ctx = BackwardContext {
+                grad,
+                output: &output,
+                inputs: &inputs,
+                needs_grad: &needs,
+                handed_on: Cell::new(None),
+            };
+            (self.run_backward(backward, &ctx), ctx.handed_on.get())
         };
-        let parent_grads = self.run_backward(backward, &ctx);
         assert_eq!(
             parent_grads.len(),
             self.0.parents.len(),
@@ -402,7 +432,14 @@ impl Tensor {
             parent_grads.len(),
             self.0.parents.len()
         );
-        for ((parent, g), input) in self.0.parents.iter().zip(parent_grads).zip(&inputs) {
+        let pairs = self.0.parents.iter().zip(parent_grads).zip(&inputs);
+        for (i, ((parent, g), input)) in pairs.enumerate() {
+            // a rule that hands this node's gradient on unchanged gets it moved
+            let g = if handed_on == Some(i) {
+                self.0.grad.borrow_mut().take()
+            } else {
+                g
+            };
             if let (true, Some(g)) = (parent.requires_grad(), g) {
                 assert_eq!(
                     g.shape(),
@@ -478,6 +515,33 @@ mod tests {
         assert!(unwound.is_err());
         assert!(is_recording(), "recording resumes after a panic");
         assert!(!no_grad(|| no_grad(is_recording) || is_recording()));
+    }
+
+    #[test]
+    fn handed_on_gradients_arrive_once_per_use() {
+        // x + x: the first operand gets the output's gradient moved, the
+        // second a copy; both must arrive (dL/dx = 2 per element)
+        let x = Tensor::parameter(array![[1.0_f32, -2.0], [0.5, 3.0]].into_dyn());
+        (&x + &x).sum_all().backward();
+        assert_eq!(
+            x.grad().unwrap(),
+            array![[2.0_f32, 2.0], [2.0, 2.0]].into_dyn()
+        );
+        // (a + b) − c with b broadcast and c full size, then scaled, so the
+        // handed-on gradient is not all ones: a gets it moved, b summed, c negated
+        let a = Tensor::parameter(array![[1.0_f32, 2.0], [3.0, 4.0]].into_dyn());
+        let b = Tensor::parameter(array![[10.0_f32, 20.0]].into_dyn());
+        let c = Tensor::parameter(array![[0.5_f32, 0.25], [1.0, 2.0]].into_dyn());
+        let w = Tensor::new(array![[1.0_f32, 2.0], [3.0, 4.0]].into_dyn());
+        ((&a + &b) - &c).mul(&w).sum_all().backward();
+        assert_eq!(a.grad().unwrap(), w.value().clone());
+        assert_eq!(b.grad().unwrap(), array![[4.0_f32, 6.0]].into_dyn());
+        assert_eq!(c.grad().unwrap(), w.value().mapv(|v| -v));
+        // a constant operand needs nothing and is skipped; the other still gets g
+        let d = Tensor::parameter(array![1.0_f32, 2.0].into_dyn());
+        let k = Tensor::new(array![5.0_f32, 6.0].into_dyn());
+        (&k + &d).sum_all().backward();
+        assert_eq!(d.grad().unwrap(), array![1.0_f32, 1.0].into_dyn());
     }
 
     #[test]

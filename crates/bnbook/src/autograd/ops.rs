@@ -65,6 +65,19 @@ fn grad_of(
 }
 // ANCHOR_END: grad_of
 
+/// The gradient of input `i` of a broadcasting binary operation whose local
+/// derivative for it is 1 (`a + b`, `a` in `a − b`): `g` itself for a
+/// full-size input, handed on without a copy
+/// ([`BackwardContext::hand_on`]); `g` summed over the copies for a
+/// broadcast one.
+fn unchanged(ctx: &BackwardContext, i: usize) -> Option<ArrayD<f32>> {
+    if ctx.input(i).shape() == ctx.grad.shape() {
+        ctx.hand_on(i)
+    } else {
+        grad_of(ctx, i, |g, _, _| g)
+    }
+}
+
 impl Tensor {
     // ----- element-wise binary operations (with broadcasting) -----
 
@@ -76,7 +89,7 @@ impl Tensor {
         let y = zip_broadcast("add", &self.value(), &other.value(), |a, b| a + b);
         // y = a + b:  ∂y/∂a = 1, ∂y/∂b = 1
         Tensor::from_op("add", y, &[self, other], |ctx| {
-            vec![grad_of(ctx, 0, |g, _, _| g), grad_of(ctx, 1, |g, _, _| g)]
+            vec![unchanged(ctx, 0), unchanged(ctx, 1)]
         })
     }
 
@@ -88,7 +101,7 @@ impl Tensor {
         let y = zip_broadcast("sub", &self.value(), &other.value(), |a, b| a - b);
         // y = a - b:  ∂y/∂a = 1, ∂y/∂b = -1
         Tensor::from_op("sub", y, &[self, other], |ctx| {
-            vec![grad_of(ctx, 0, |g, _, _| g), grad_of(ctx, 1, |g, _, _| -g)]
+            vec![unchanged(ctx, 0), grad_of(ctx, 1, |g, _, _| -g)]
         })
     }
 
