@@ -8,6 +8,7 @@
 //! which *adds* the pieces back into image positions (fields overlap, so a
 //! pixel collects gradient from every window that saw it).
 
+use super::conv_direct;
 use super::gemm::{Mat, gemm};
 use super::kernels::multiversioned;
 use super::{Tensor, kernels, with_wide_vectors};
@@ -141,6 +142,38 @@ impl Geometry {
     fn image_len(&self) -> usize {
         self.c * self.h * self.w
     }
+
+    /// Copies image `x` into `framed` ([`Geometry::framed`]'s image: `x`
+    /// surrounded by `padding` zeros).
+    #[inline(always)]
+    fn frame(&self, x: &[f32], framed: &mut [f32]) {
+        let (p, framed_g) = (self.padding, self.framed());
+        let framed = &mut framed[..framed_g.image_len()];
+        framed.fill(0.0);
+        for c in 0..self.c {
+            for y in 0..self.h {
+                let src = &x[(c * self.h + y) * self.w..][..self.w];
+                let at = (c * framed_g.h + y + p) * framed_g.w + p;
+                framed[at..at + self.w].copy_from_slice(src);
+            }
+        }
+    }
+
+    /// The sizes [`conv_direct`] works with, when it applies to this
+    /// convolution (stride 1; with padding, it convolves the framed image).
+    fn direct(&self) -> Option<conv_direct::Shape> {
+        let f = self.framed();
+        let shape = conv_direct::Shape {
+            c: f.c,
+            h: f.h,
+            w: f.w,
+            kh: f.kh,
+            kw: f.kw,
+            oh: f.oh,
+            ow: f.ow,
+        };
+        (self.stride == 1 && conv_direct::applies(&shape)).then_some(shape)
+    }
 }
 
 multiversioned! {
@@ -160,16 +193,9 @@ multiversioned! {
             // zeros, without padding. Framing costs one small copy and saves
             // the clipping of every run at the edges and a pass zeroing the
             // matrix.
-            let (p, framed_g) = (g.padding, g.framed());
+            let framed_g = g.framed();
             let framed = &mut framed[..framed_g.image_len()];
-            framed.fill(0.0);
-            for c in 0..g.c {
-                for y in 0..g.h {
-                    let src = &x[(c * g.h + y) * g.w..][..g.w];
-                    let at = (c * framed_g.h + y + p) * framed_g.w + p;
-                    framed[at..at + g.w].copy_from_slice(src);
-                }
-            }
+            g.frame(x, framed);
             im2col_unpadded(framed, &framed_g, cols);
             return;
         }
@@ -369,12 +395,22 @@ impl Tensor {
             let w = w.as_standard_layout();
             let w_mat = Mat::row_major(w.as_slice().expect("standard layout"), o, field);
             let b: Option<Vec<f32>> = bias.map(|b| b.value().iter().copied().collect());
+            let w = w.as_slice().expect("standard layout");
+            let direct = g.direct();
             kernels::build_from_zeros(g.n * o * positions, o * positions, |i, y_i| {
-                with_im2col_scratch(&g, |cols, framed| {
-                    im2col(&x[i * g.image_len()..][..g.image_len()], &g, cols, framed);
-                    let cols = Mat::row_major(cols, field, positions);
-                    gemm(y_i, w_mat, cols, false); // Y_i = W · cols_i
-                });
+                let x_i = &x[i * g.image_len()..][..g.image_len()];
+                match &direct {
+                    Some(shape) if g.padding == 0 => conv_direct::forward_image(x_i, w, shape, y_i),
+                    Some(shape) => with_scratch(g.framed_len(), |framed| {
+                        g.frame(x_i, framed);
+                        conv_direct::forward_image(framed, w, shape, y_i);
+                    }),
+                    None => with_im2col_scratch(&g, |cols, framed| {
+                        im2col(x_i, &g, cols, framed);
+                        let cols = Mat::row_major(cols, field, positions);
+                        gemm(y_i, w_mat, cols, false); // Y_i = W · cols_i
+                    }),
+                }
                 if let Some(b) = &b {
                     for (row, &b) in y_i.chunks_exact_mut(positions).zip(b) {
                         row.iter_mut().for_each(|v| *v += b);
@@ -405,7 +441,46 @@ impl Tensor {
                     });
                 ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.h, g.w]), dx).expect("sizes")
             });
+            let dw_direct = |shape: conv_direct::Shape| {
+                // Partial sums over fixed chunks of images, added in chunk
+                // order, as below, but taken straight from the images.
+                let chunks: Vec<Vec<f32>> = (0..g.n.div_ceil(IMAGES_PER_CHUNK))
+                    .into_par_iter()
+                    .map(|chunk| {
+                        let mut dw = vec![0.0_f32; o * field];
+                        let images =
+                            chunk * IMAGES_PER_CHUNK..((chunk + 1) * IMAGES_PER_CHUNK).min(g.n);
+                        let grad_of = |i: usize| &grad[i * o * positions..][..o * positions];
+                        if g.padding == 0 {
+                            let pairs = images
+                                .map(|i| (&x[i * g.image_len()..][..g.image_len()], grad_of(i)));
+                            conv_direct::weight_gradient(pairs, &shape, o, &mut dw);
+                        } else {
+                            let framed_len = g.framed_len();
+                            with_scratch(framed_len * images.len(), |framed| {
+                                for (i, framed) in
+                                    images.clone().zip(framed.chunks_exact_mut(framed_len))
+                                {
+                                    g.frame(&x[i * g.image_len()..][..g.image_len()], framed);
+                                }
+                                let pairs =
+                                    framed.chunks_exact(framed_len).zip(images.map(grad_of));
+                                conv_direct::weight_gradient(pairs, &shape, o, &mut dw);
+                            });
+                        }
+                        dw
+                    })
+                    .collect();
+                let mut dw = vec![0.0_f32; o * field];
+                for part in &chunks {
+                    dw.iter_mut().zip(part).for_each(|(d, p)| *d += p);
+                }
+                ArrayD::from_shape_vec(IxDyn(&[o, g.c, g.kh, g.kw]), dw).expect("same size")
+            };
             let dw = ctx.needs(1).then(|| {
+                if let Some(shape) = g.direct() {
+                    return dw_direct(shape);
+                }
                 // Partial sums over fixed chunks of images, added in chunk
                 // order. Each chunk sums (∂L/∂W)ᵀ = Σ cols_i·G_iᵀ, the product
                 // shape the GEMM runs fastest on (measured), and the total is
@@ -734,6 +809,137 @@ multiversioned! {
                 t[1].write(share(1));
                 b[0].write(share(2));
                 b[1].write(share(3));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values in [-1, 1) from a small linear congruential sequence.
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32) / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// (input channels, height, width, kernel, padding, output channels):
+    /// LeNet-BN's and plain LeNet's first convolutions, several kernel
+    /// groups (9 = 8 + 1 and 3 + 3 + 3), a 32-wide row (blocks that do not
+    /// overlap), a 16-wide one (blocks that coincide), 3×3 kernels over
+    /// three channels.
+    const SHAPES: [(usize, usize, usize, usize, usize, usize); 6] = [
+        (1, 28, 28, 5, 0, 6),
+        (1, 28, 28, 5, 2, 6),
+        (1, 12, 36, 5, 0, 9),
+        (1, 20, 20, 5, 0, 3),
+        (3, 10, 18, 3, 0, 16),
+        (1, 9, 30, 3, 1, 1),
+    ];
+
+    /// The direct convolution's sizes for `g`, or `None` (with a note) on a
+    /// CPU without AVX-512, where it is never used.
+    fn direct_or_skip(g: &Geometry) -> Option<conv_direct::Shape> {
+        if !conv_direct::has_avx512() {
+            eprintln!("no AVX-512 here: the direct convolution is not used, nothing to compare");
+            return None;
+        }
+        Some(
+            g.direct()
+                .expect("the direct convolution applies to these shapes"),
+        )
+    }
+
+    #[test]
+    fn direct_convolution_gives_the_bits_of_im2col_and_gemm() {
+        for (c, h, w, k, padding, o) in SHAPES {
+            let g = Geometry::new("test", &[1, c, h, w], k, k, 1, padding);
+            let Some(shape) = direct_or_skip(&g) else {
+                return;
+            };
+            let (x, weights) = (values(g.image_len(), 1), values(o * g.field(), 2));
+            let mut want = vec![0.0; o * g.positions()];
+            with_im2col_scratch(&g, |cols, framed| {
+                im2col(&x, &g, cols, framed);
+                let cols = Mat::row_major(cols, g.field(), g.positions());
+                gemm(
+                    &mut want,
+                    Mat::row_major(&weights, o, g.field()),
+                    cols,
+                    false,
+                );
+            });
+            let mut framed = vec![0.0; g.framed().image_len()];
+            g.frame(&x, &mut framed);
+            let mut got = vec![f32::NAN; o * g.positions()];
+            conv_direct::forward_image(&framed, &weights, &shape, &mut got);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{c}x{h}x{w}, {o} kernels of {k}x{k}, padding {padding}"
+            );
+        }
+    }
+
+    #[test]
+    fn direct_weight_gradient_matches_a_sum_in_f64() {
+        for (c, h, w, k, padding, o) in SHAPES {
+            let n = 5;
+            let g = Geometry::new("test", &[n, c, h, w], k, k, 1, padding);
+            let Some(shape) = direct_or_skip(&g) else {
+                return;
+            };
+            let framed_g = g.framed();
+            let x = values(n * g.image_len(), 3);
+            let grad = values(n * o * g.positions(), 4);
+            let mut framed = vec![0.0; n * framed_g.image_len()];
+            for (x, f) in x
+                .chunks_exact(g.image_len())
+                .zip(framed.chunks_exact_mut(framed_g.image_len()))
+            {
+                g.frame(x, f);
+            }
+            let pairs = framed
+                .chunks_exact(framed_g.image_len())
+                .zip(grad.chunks_exact(o * g.positions()));
+            let mut got = vec![0.0; o * g.field()];
+            conv_direct::weight_gradient(pairs, &shape, o, &mut got);
+            for kernel in 0..o {
+                for ch in 0..c {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let mut want = 0.0_f64;
+                            for (img, f) in framed.chunks_exact(framed_g.image_len()).enumerate() {
+                                for oy in 0..g.oh {
+                                    for ox in 0..g.ow {
+                                        let gv = grad[((img * o + kernel) * g.oh + oy) * g.ow + ox];
+                                        let xv =
+                                            f[(ch * framed_g.h + oy + ky) * framed_g.w + ox + kx];
+                                        want += f64::from(gv) * f64::from(xv);
+                                    }
+                                }
+                            }
+                            let got = got[((kernel * c + ch) * k + ky) * k + kx];
+                            assert!(
+                                (f64::from(got) - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                "{c}x{h}x{w}, kernel {kernel}, entry ({ch}, {ky}, {kx}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }

@@ -30,6 +30,7 @@
 //! ```
 
 mod conv;
+mod conv_direct;
 mod gemm;
 pub(crate) mod kernels;
 mod loss;
