@@ -161,7 +161,7 @@ impl Geometry {
 
     /// The sizes [`conv_direct`] works with, when it applies to this
     /// convolution (stride 1; with padding, it convolves the framed image).
-    fn direct(&self) -> Option<conv_direct::Shape> {
+    fn direct(&self) -> Option<conv_direct::Plan> {
         let f = self.framed();
         let shape = conv_direct::Shape {
             c: f.c,
@@ -172,7 +172,9 @@ impl Geometry {
             oh: f.oh,
             ow: f.ow,
         };
-        (self.stride == 1 && conv_direct::applies(&shape)).then_some(shape)
+        (self.stride == 1)
+            .then(|| conv_direct::Plan::new(shape))
+            .flatten()
     }
 }
 
@@ -397,15 +399,23 @@ impl Tensor {
             let b: Option<Vec<f32>> = bias.map(|b| b.value().iter().copied().collect());
             let w = w.as_slice().expect("standard layout");
             let direct = g.direct();
+            let w_direct = direct.as_ref().map(|plan| plan.entry_major(w));
             kernels::build_from_zeros(g.n * o * positions, o * positions, |i, y_i| {
                 let x_i = &x[i * g.image_len()..][..g.image_len()];
-                match &direct {
-                    Some(shape) if g.padding == 0 => conv_direct::forward_image(x_i, w, shape, y_i),
-                    Some(shape) => with_scratch(g.framed_len(), |framed| {
-                        g.frame(x_i, framed);
-                        conv_direct::forward_image(framed, w, shape, y_i);
-                    }),
-                    None => with_im2col_scratch(&g, |cols, framed| {
+                match (&direct, &w_direct) {
+                    (Some(plan), Some(w)) => {
+                        with_scratch(g.framed_len() + plan.forward_scratch_len(), |scratch| {
+                            let (framed, source) = scratch.split_at_mut(g.framed_len());
+                            let x_i = if g.padding > 0 {
+                                g.frame(x_i, framed);
+                                &*framed
+                            } else {
+                                x_i
+                            };
+                            plan.forward_image(x_i, w, y_i, source);
+                        })
+                    }
+                    _ => with_im2col_scratch(&g, |cols, framed| {
                         im2col(x_i, &g, cols, framed);
                         let cols = Mat::row_major(cols, field, positions);
                         gemm(y_i, w_mat, cols, false); // Y_i = W · cols_i
@@ -441,7 +451,7 @@ impl Tensor {
                     });
                 ArrayD::from_shape_vec(IxDyn(&[g.n, g.c, g.h, g.w]), dx).expect("sizes")
             });
-            let dw_direct = |shape: conv_direct::Shape| {
+            let dw_direct = |plan: conv_direct::Plan| {
                 // Partial sums over fixed chunks of images, added in chunk
                 // order, as below, but taken straight from the images.
                 let chunks: Vec<Vec<f32>> = (0..g.n.div_ceil(IMAGES_PER_CHUNK))
@@ -451,23 +461,25 @@ impl Tensor {
                         let images =
                             chunk * IMAGES_PER_CHUNK..((chunk + 1) * IMAGES_PER_CHUNK).min(g.n);
                         let grad_of = |i: usize| &grad[i * o * positions..][..o * positions];
-                        if g.padding == 0 {
-                            let pairs = images
-                                .map(|i| (&x[i * g.image_len()..][..g.image_len()], grad_of(i)));
-                            conv_direct::weight_gradient(pairs, &shape, o, &mut dw);
-                        } else {
-                            let framed_len = g.framed_len();
-                            with_scratch(framed_len * images.len(), |framed| {
-                                for (i, framed) in
-                                    images.clone().zip(framed.chunks_exact_mut(framed_len))
-                                {
-                                    g.frame(&x[i * g.image_len()..][..g.image_len()], framed);
+                        let image = |i: usize| &x[i * g.image_len()..][..g.image_len()];
+                        // framed copies of the chunk's images (none without padding)
+                        let framed_len = g.framed_len();
+                        let framed_all = framed_len * images.len();
+                        let scratch_len = framed_all + plan.gradient_scratch_len(images.len(), o);
+                        with_scratch(scratch_len, |scratch| {
+                            let (framed, scratch) = scratch.split_at_mut(framed_all);
+                            let pairs: Vec<(&[f32], &[f32])> = if g.padding == 0 {
+                                images.map(|i| (image(i), grad_of(i))).collect()
+                            } else {
+                                let chunks = framed.chunks_exact_mut(framed_len);
+                                for (i, framed) in images.clone().zip(chunks) {
+                                    g.frame(image(i), framed);
                                 }
-                                let pairs =
-                                    framed.chunks_exact(framed_len).zip(images.map(grad_of));
-                                conv_direct::weight_gradient(pairs, &shape, o, &mut dw);
-                            });
-                        }
+                                let framed = framed.chunks_exact(framed_len);
+                                framed.zip(images.map(grad_of)).collect()
+                            };
+                            plan.weight_gradient(&pairs, o, &mut dw, scratch);
+                        });
                         dw
                     })
                     .collect();
@@ -478,8 +490,8 @@ impl Tensor {
                 ArrayD::from_shape_vec(IxDyn(&[o, g.c, g.kh, g.kw]), dw).expect("same size")
             };
             let dw = ctx.needs(1).then(|| {
-                if let Some(shape) = g.direct() {
-                    return dw_direct(shape);
+                if let Some(plan) = g.direct() {
+                    return dw_direct(plan);
                 }
                 // Partial sums over fixed chunks of images, added in chunk
                 // order. Each chunk sums (∂L/∂W)ᵀ = Σ cols_i·G_iᵀ, the product
@@ -837,19 +849,22 @@ mod tests {
     /// LeNet-BN's and plain LeNet's first convolutions, several kernel
     /// groups (9 = 8 + 1 and 3 + 3 + 3), a 32-wide row (blocks that do not
     /// overlap), a 16-wide one (blocks that coincide), 3×3 kernels over
-    /// three channels.
-    const SHAPES: [(usize, usize, usize, usize, usize, usize); 6] = [
+    /// three channels; row pairs: LeNet-BN's second convolution and 3×3
+    /// kernels over two channels.
+    const SHAPES: [(usize, usize, usize, usize, usize, usize); 8] = [
         (1, 28, 28, 5, 0, 6),
         (1, 28, 28, 5, 2, 6),
         (1, 12, 36, 5, 0, 9),
         (1, 20, 20, 5, 0, 3),
         (3, 10, 18, 3, 0, 16),
         (1, 9, 30, 3, 1, 1),
+        (6, 12, 12, 5, 0, 16),
+        (2, 6, 10, 3, 0, 5),
     ];
 
     /// The direct convolution's sizes for `g`, or `None` (with a note) on a
     /// CPU without AVX-512, where it is never used.
-    fn direct_or_skip(g: &Geometry) -> Option<conv_direct::Shape> {
+    fn direct_or_skip(g: &Geometry) -> Option<conv_direct::Plan> {
         if !conv_direct::has_avx512() {
             eprintln!("no AVX-512 here: the direct convolution is not used, nothing to compare");
             return None;
@@ -864,7 +879,7 @@ mod tests {
     fn direct_convolution_gives_the_bits_of_im2col_and_gemm() {
         for (c, h, w, k, padding, o) in SHAPES {
             let g = Geometry::new("test", &[1, c, h, w], k, k, 1, padding);
-            let Some(shape) = direct_or_skip(&g) else {
+            let Some(plan) = direct_or_skip(&g) else {
                 return;
             };
             let (x, weights) = (values(g.image_len(), 1), values(o * g.field(), 2));
@@ -882,7 +897,8 @@ mod tests {
             let mut framed = vec![0.0; g.framed().image_len()];
             g.frame(&x, &mut framed);
             let mut got = vec![f32::NAN; o * g.positions()];
-            conv_direct::forward_image(&framed, &weights, &shape, &mut got);
+            let mut scratch = vec![0.0; plan.forward_scratch_len()];
+            plan.forward_image(&framed, &plan.entry_major(&weights), &mut got, &mut scratch);
             let same = got
                 .iter()
                 .zip(&want)
@@ -899,7 +915,7 @@ mod tests {
         for (c, h, w, k, padding, o) in SHAPES {
             let n = 5;
             let g = Geometry::new("test", &[n, c, h, w], k, k, 1, padding);
-            let Some(shape) = direct_or_skip(&g) else {
+            let Some(plan) = direct_or_skip(&g) else {
                 return;
             };
             let framed_g = g.framed();
@@ -916,7 +932,9 @@ mod tests {
                 .chunks_exact(framed_g.image_len())
                 .zip(grad.chunks_exact(o * g.positions()));
             let mut got = vec![0.0; o * g.field()];
-            conv_direct::weight_gradient(pairs, &shape, o, &mut got);
+            let pairs: Vec<(&[f32], &[f32])> = pairs.collect();
+            let mut scratch = vec![0.0; plan.gradient_scratch_len(n, o)];
+            plan.weight_gradient(&pairs, o, &mut got, &mut scratch);
             for kernel in 0..o {
                 for ch in 0..c {
                     for ky in 0..k {

@@ -1,34 +1,46 @@
-//! Direct convolution for layers with few kernel entries per output, such
-//! as LeNet's first convolution (one input channel, six `5 × 5` kernels).
+//! Direct convolution for layers with few kernel entries per output and
+//! narrow output rows: LeNet's two convolutions (one input channel and six
+//! `5 × 5` kernels, 24 outputs per row; six channels and sixteen kernels,
+//! 8 outputs per row).
 //!
 //! *Book: chapter "Autograd in a few hundred lines", section "Why it is fast".*
 //!
-//! Through im2col, such a layer copies every input pixel 25 times and then
-//! runs a matrix product whose inner size is only 25. Here each output row
-//! is computed in place: sixteen neighbouring outputs of every kernel in a
-//! group (up to eight kernels) are kept in vector registers, and each of the
-//! `C·KH·KW` kernel entries adds `w · x` into them with a fused
-//! multiply-add, reading the sixteen input values straight from the image.
-//! The sums run over the kernel entries in the same order as the matrix
-//! product's (`(c, ky, kx)`, starting from zero, one fused multiply-add
-//! each), so the outputs are the same bits as im2col + GEMM's (tested
-//! below).
+//! Through im2col, such a layer copies every input pixel up to 25 times
+//! and then runs matrix products whose inner sizes are small (25, or 16
+//! and 64 in the backward pass). Here blocks of sixteen outputs of every
+//! kernel in a group (up to eight kernels) are kept in vector registers,
+//! and each of the `C·KH·KW` kernel entries adds `w · x` into them with a
+//! fused multiply-add. The sums run over the kernel entries in the same
+//! order as the matrix product's (`(c, ky, kx)`, starting from zero, one
+//! fused multiply-add each), so the outputs are the same bits as im2col +
+//! GEMM's (tested in `conv.rs`).
 //!
 //! The weight gradient `∂L/∂W[o, c, ky, kx] = Σ g[o, oy, ox] · x[c, oy + ky, ox + kx]`
-//! is taken the same way, sixteen output columns at a time, into partial
-//! sums per kernel entry that are added up at the end of a group of images.
+//! is taken block by block too: for one kernel row `(c, ky)`, the sums of
+//! its `KW` entries for a few kernels stay in registers over every block of
+//! a group of images.
 //!
-//! A row of 16 to 32 outputs (LeNet's 24 and 28) is covered by two blocks of
-//! sixteen: one from its start, one ending at its end. They overlap unless
-//! the row is 32 long; the forward pass simply writes the shared outputs
-//! twice (with the same values), the weight gradient leaves the second
-//! block's shared lanes out.
+//! Two layouts of a block:
+//! - **Wide rows** (16 to 32 outputs: LeNet's 24 and 28): two blocks per
+//!   row, one from its start, one ending at its end. They overlap unless
+//!   the row is 32 long; the forward pass writes the shared outputs twice
+//!   (with the same values), the weight gradient leaves the second block's
+//!   shared lanes out. The input values of a block are sixteen neighbours
+//!   in one input row, read straight from the image.
+//! - **Row pairs** (8 outputs per row, an even number of rows): a block is
+//!   two output rows. Its input values for one kernel entry are eight
+//!   neighbours in one input row followed by eight in the next, so each
+//!   image is first rearranged into those pairs, once for all entries
+//!   ([`Shape::source_len`] values, about half of im2col's).
 //!
-//! Both are written with AVX-512 intrinsics: written as plain loops over
-//! arrays, the compiler assembled the overlapping sixteen-value loads from
-//! scalar pieces and the kernels ran several times slower than im2col +
-//! GEMM. On CPUs without AVX-512 (and off x86-64) the convolution goes
-//! through im2col + GEMM.
+//! A [`Plan`] holds what a convolution call works out once (offsets,
+//! blocks); its methods run the kernels on one image or a group of images.
+//!
+//! The kernels are written with AVX-512 intrinsics: written as plain loops
+//! over arrays, the compiler assembled the overlapping sixteen-value loads
+//! from scalar pieces, and the kernels ran several times slower than the
+//! matrix products. On CPUs without AVX-512 (and off x86-64) convolutions
+//! go through im2col and GEMM.
 
 // Elsewhere `applies` is false, and the kernels are compiled out.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
@@ -36,12 +48,17 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// Values per vector: one AVX-512 register of `f32` (two AVX2 registers).
+/// Values per vector: one AVX-512 register of `f32`.
 const LANES: usize = 16;
 
 /// Kernels whose outputs are kept in registers at once (two blocks of
 /// sixteen for each: sixteen of the 32 vector registers).
 const MAX_GROUP: usize = 8;
+
+/// Kernels whose weight gradients are summed in registers at once: one sum
+/// per kernel column (five for LeNet) for each, plus the kernels' gradient
+/// values, stay within the 32 vector registers.
+const GRADIENT_GROUP: usize = 4;
 
 /// The sizes of a stride-1, unpadded convolution of one image.
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +73,27 @@ pub(super) struct Shape {
     /// Output rows and columns.
     pub(super) oh: usize,
     pub(super) ow: usize,
+}
+
+/// Sixteen outputs of a plane computed together.
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    /// Output position (`oy · OW + ox`) of the first lane; the lanes are
+    /// sixteen consecutive positions.
+    out: usize,
+    /// Where in the input source ([`Shape::source_len`]) the block's values
+    /// for kernel entry `(c, ky, kx)` start, less [`Shape::entry_offset`].
+    x: usize,
+}
+
+/// Blocks whose weight-gradient sums share registers: they count the same
+/// lanes.
+#[derive(Debug)]
+struct BlockClass {
+    /// The lanes the weight gradient counts (all but those another block
+    /// already covers).
+    counted: u16,
+    blocks: Vec<Block>,
 }
 
 impl Shape {
@@ -82,37 +120,127 @@ impl Shape {
             && self.ow == self.w - self.kw + 1
     }
 
-    /// Where the second block of a row starts (the first starts at 0).
-    fn second_block(&self) -> usize {
-        self.ow - LANES
+    /// Whether blocks are row pairs (8 outputs per row) rather than wide rows.
+    fn row_pairs(&self) -> bool {
+        2 * self.ow == LANES
     }
 
-    /// For every kernel entry `(c, ky, kx)`, in order, where in the image
-    /// the input for output `(0, 0)` lies; output `(oy, ox)` reads that
-    /// entry's input `oy · W + ox` further on.
+    /// Scratch values the row-pair layout needs per image: for every
+    /// channel, input row `i < H − 1` and kernel column, sixteen values
+    /// (none for wide rows, which read the image itself).
+    fn source_len(&self) -> usize {
+        if self.row_pairs() {
+            self.c * (self.h - 1) * self.kw * LANES
+        } else {
+            0
+        }
+    }
+
+    /// Where the values of kernel entry `(c, ky, kx)` start in the source.
+    fn entry_offset(&self, c: usize, ky: usize, kx: usize) -> usize {
+        if self.row_pairs() {
+            ((c * (self.h - 1) + ky) * self.kw + kx) * LANES
+        } else {
+            (c * self.h + ky) * self.w + kx
+        }
+    }
+
+    /// The step between the sources of entries `kx` and `kx + 1`.
+    fn kx_step(&self) -> usize {
+        if self.row_pairs() { LANES } else { 1 }
+    }
+
+    /// [`Shape::entry_offset`] of every kernel entry, in order.
     fn entry_offsets(&self) -> Vec<usize> {
         let mut offsets = Vec::with_capacity(self.field());
         for c in 0..self.c {
             for ky in 0..self.kh {
                 for kx in 0..self.kw {
-                    offsets.push((c * self.h + ky) * self.w + kx);
+                    offsets.push(self.entry_offset(c, ky, kx));
                 }
             }
         }
         offsets
     }
+
+    /// The blocks grouped by the lanes their weight gradient counts: for
+    /// row pairs one class (all lanes), for wide rows the first blocks of
+    /// the rows (all lanes) and the second ones (those the first does not
+    /// cover).
+    fn block_classes(&self) -> Vec<BlockClass> {
+        if self.row_pairs() {
+            let blocks = (0..self.oh / 2)
+                .map(|pair| Block {
+                    out: pair * LANES,
+                    x: 2 * pair * self.kw * LANES,
+                })
+                .collect();
+            return vec![BlockClass {
+                counted: u16::MAX,
+                blocks,
+            }];
+        }
+        let second = self.ow - LANES;
+        // 16 lanes shared when the row is 16 long: the blocks coincide
+        let shared = (LANES - second) as u32;
+        let starting_at = |start: usize| -> Vec<Block> {
+            (0..self.oh)
+                .map(|oy| Block {
+                    out: oy * self.ow + start,
+                    x: oy * self.w + start,
+                })
+                .collect()
+        };
+        vec![
+            BlockClass {
+                counted: u16::MAX,
+                blocks: starting_at(0),
+            },
+            BlockClass {
+                counted: u16::MAX.checked_shl(shared).unwrap_or(0),
+                blocks: starting_at(second),
+            },
+        ]
+    }
+
+    /// The blocks of a plane in the order the forward pass takes them, two
+    /// at a time: for wide rows both blocks of a row, row by row.
+    fn blocks(&self) -> Vec<Block> {
+        let classes = self.block_classes();
+        match &classes[..] {
+            [first, second] => first
+                .blocks
+                .iter()
+                .zip(&second.blocks)
+                .flat_map(|(&a, &b)| [a, b])
+                .collect(),
+            _ => classes.into_iter().flat_map(|class| class.blocks).collect(),
+        }
+    }
+
+    /// Rearranges image `x` into `source` for the row-pair layout.
+    fn fill_source(&self, x: &[f32], source: &mut [f32]) {
+        let half = LANES / 2;
+        for c in 0..self.c {
+            for i in 0..self.h - 1 {
+                for kx in 0..self.kw {
+                    let dst = &mut source[self.entry_offset(c, i, kx)..][..LANES];
+                    let row = |y: usize| &x[(c * self.h + y) * self.w + kx..][..half];
+                    dst[..half].copy_from_slice(row(i));
+                    dst[half..].copy_from_slice(row(i + 1));
+                }
+            }
+        }
+    }
 }
 
 /// Whether the direct convolution applies: the CPU has AVX-512, the sizes
-/// are consistent, output rows hold 16 to 32 values, and the kernels are
-/// small (rows of at most 5, at most 32 entries; for larger ones im2col +
-/// GEMM does less copying per multiply-add).
+/// are consistent, output rows hold 16 to 32 values (wide rows) or 8 with
+/// an even number of rows (row pairs), and kernel rows are 3 or 5 long.
 pub(super) fn applies(shape: &Shape) -> bool {
-    has_avx512()
-        && shape.is_consistent()
-        && (LANES..=2 * LANES).contains(&shape.ow)
-        && shape.kw <= 5
-        && shape.field() <= 32
+    let rows_fit = (LANES..=2 * LANES).contains(&shape.ow)
+        || (shape.row_pairs() && shape.oh.is_multiple_of(2));
+    has_avx512() && shape.is_consistent() && rows_fit && matches!(shape.kw, 3 | 5)
 }
 
 /// Whether the CPU has AVX-512 (asked once).
@@ -165,243 +293,319 @@ fn store(s: &mut [f32], at: usize, v: __m512) {
     unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
 }
 
-/// The convolution of one image `x` (`C × H × W`) with `weights` (`O`
-/// kernels of `C·KH·KW` entries, row-major) into `y` (`O` planes of
-/// `OH × OW`). Every value of `y` is written.
-///
-/// # Panics
-/// Unless [`applies`] holds, or if a slice is too short.
-pub(super) fn forward_image(x: &[f32], weights: &[f32], shape: &Shape, y: &mut [f32]) {
-    assert!(
-        applies(shape),
-        "direct convolution of {shape:?}: check `applies` first"
-    );
-    assert!(
-        x.len() >= shape.image_len(),
-        "direct convolution: image too short"
-    );
-    let o = weights.len() / shape.field();
-    assert!(
-        y.len() >= o * shape.positions(),
-        "direct convolution: output too short"
-    );
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `applies` found the CPU to support AVX-512.
-    unsafe {
-        forward_groups(x, weights, shape, y)
-    }
+/// What one convolution call needs besides the data, worked out once: the
+/// sizes, every kernel entry's offset in the input source, and the blocks.
+#[derive(Debug)]
+pub(super) struct Plan {
+    shape: Shape,
+    offsets: Vec<usize>,
+    blocks: Vec<Block>,
+    classes: Vec<BlockClass>,
+    /// One past the last value the kernels read in a source.
+    reach: usize,
 }
 
-/// [`forward_image`] for kernels in groups of up to [`MAX_GROUP`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn forward_groups(x: &[f32], weights: &[f32], shape: &Shape, y: &mut [f32]) {
-    let (field, positions) = (shape.field(), shape.positions());
-    let o = weights.len() / field;
-    let offsets = shape.entry_offsets();
-    let mut first = 0;
-    while first < o {
-        let size = (o - first).min(MAX_GROUP);
-        let w = &weights[first * field..][..size * field];
-        let y = &mut y[first * positions..][..size * positions];
-        match size {
-            1 => forward_group::<1>(x, w, shape, &offsets, y),
-            2 => forward_group::<2>(x, w, shape, &offsets, y),
-            3 => forward_group::<3>(x, w, shape, &offsets, y),
-            4 => forward_group::<4>(x, w, shape, &offsets, y),
-            5 => forward_group::<5>(x, w, shape, &offsets, y),
-            6 => forward_group::<6>(x, w, shape, &offsets, y),
-            7 => forward_group::<7>(x, w, shape, &offsets, y),
-            _ => forward_group::<8>(x, w, shape, &offsets, y),
+impl Plan {
+    /// The plan for `shape`, or `None` when the direct convolution does not
+    /// apply (see [`applies`]).
+    pub(super) fn new(shape: Shape) -> Option<Plan> {
+        if !applies(&shape) {
+            return None;
         }
-        first += size;
+        let (offsets, blocks) = (shape.entry_offsets(), shape.blocks());
+        let last_entry = offsets.iter().max().copied().unwrap_or(0);
+        let last_block = blocks.iter().map(|b| b.x).max().unwrap_or(0);
+        Some(Plan {
+            shape,
+            offsets,
+            blocks,
+            classes: shape.block_classes(),
+            reach: last_entry + last_block + LANES,
+        })
     }
-}
 
-/// `G` kernels' output planes, both blocks of a row at once (`2·G`
-/// independent chains of fused multiply-adds keep both of the processor's
-/// FMA units busy).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn forward_group<const G: usize>(
-    x: &[f32],
-    w: &[f32],
-    shape: &Shape,
-    offsets: &[usize],
-    y: &mut [f32],
-) {
-    let (field, positions) = (shape.field(), shape.positions());
-    // the G weights of each kernel entry side by side
-    let wt: Vec<[f32; G]> = (0..field)
-        .map(|r| std::array::from_fn(|k| w[k * field + r]))
-        .collect();
-    let s1 = shape.second_block();
-    for oy in 0..shape.oh {
-        let (mut a0, mut a1) = ([_mm512_setzero_ps(); G], [_mm512_setzero_ps(); G]);
-        for (&at, wr) in offsets.iter().zip(&wt) {
-            let at = at + oy * shape.w;
-            // SAFETY: with `applies`' consistent sizes, the last value read,
-            // `at + s1 + 15 = (c·H + ky + oy)·W + kx + OW − 1`, lies in
-            // channel c's rows (ky + oy < H, kx + OW ≤ W), inside the image
-            // (`forward_image` checked its length).
-            let (x0, x1) = unsafe { (load(x, at), load(x, at + s1)) };
-            for k in 0..G {
-                let wk = _mm512_set1_ps(wr[k]);
-                a0[k] = _mm512_fmadd_ps(wk, x0, a0[k]);
-                a1[k] = _mm512_fmadd_ps(wk, x1, a1[k]);
+    /// Scratch values [`Plan::forward_image`] needs: the row pairs of one
+    /// image.
+    pub(super) fn forward_scratch_len(&self) -> usize {
+        self.shape.source_len()
+    }
+
+    /// Scratch values [`Plan::weight_gradient`] needs for `images` images
+    /// and `o` kernels: their row pairs and the partial sums.
+    pub(super) fn gradient_scratch_len(&self, images: usize, o: usize) -> usize {
+        let partial = o * self.shape.field() * self.classes.len() * LANES;
+        images * self.shape.source_len() + partial
+    }
+
+    /// The weights rearranged for [`Plan::forward_image`]: within each group
+    /// of up to [`MAX_GROUP`] kernels, entry by entry, the group's weights
+    /// side by side.
+    pub(super) fn entry_major(&self, weights: &[f32]) -> Vec<f32> {
+        let field = self.shape.field();
+        let o = weights.len() / field;
+        let mut out = Vec::with_capacity(o * field);
+        for first in (0..o).step_by(MAX_GROUP) {
+            let size = (o - first).min(MAX_GROUP);
+            for r in 0..field {
+                out.extend((first..first + size).map(|k| weights[k * field + r]));
             }
         }
-        let row = oy * shape.ow;
-        for k in 0..G {
-            store(y, k * positions + row, a0[k]);
-            store(y, k * positions + row + s1, a1[k]);
-        }
+        out
     }
-}
 
-/// Adds the weight gradient of `images` (pairs of one input image `x` and
-/// its output gradient `g`, `O` planes) onto `dw` (`O × C·KH·KW`,
-/// row-major). Per kernel entry, sixteen partial sums for each block of
-/// a row run over all the images; at the end the first block's lanes are
-/// added in order, then the second's, and the two totals.
-///
-/// # Panics
-/// Unless [`applies`] holds, or if a slice is too short.
-pub(super) fn weight_gradient<'a, 'b>(
-    images: impl Iterator<Item = (&'a [f32], &'b [f32])> + Clone,
-    shape: &Shape,
-    o: usize,
-    dw: &mut [f32],
-) {
-    assert!(
-        applies(shape),
-        "direct convolution of {shape:?}: check `applies` first"
-    );
-    assert!(
-        dw.len() >= o * shape.field(),
-        "direct convolution: gradient too short"
-    );
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `applies` found the CPU to support AVX-512.
-    unsafe {
-        weight_gradient_groups(images, shape, o, dw)
-    }
-}
-
-/// Kernels whose weight gradients are summed in registers at once: for
-/// each, one sixteen-wide sum per kernel column (five for LeNet), plus the
-/// kernels' gradient values, stay within the 32 vector registers.
-const GRADIENT_GROUP: usize = 3;
-
-/// [`weight_gradient`] for kernels in groups of up to [`GRADIENT_GROUP`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn weight_gradient_groups<'a, 'b>(
-    images: impl Iterator<Item = (&'a [f32], &'b [f32])> + Clone,
-    shape: &Shape,
-    o: usize,
-    dw: &mut [f32],
-) {
-    let field = shape.field();
-    let mut first = 0;
-    while first < o {
-        let size = (o - first).min(GRADIENT_GROUP);
-        let dw = &mut dw[first * field..][..size * field];
-        let images = images.clone();
-        match (size, shape.kw) {
-            (1, 1) => weight_gradient_group::<1, 1>(images, shape, first, dw),
-            (1, 2) => weight_gradient_group::<1, 2>(images, shape, first, dw),
-            (1, 3) => weight_gradient_group::<1, 3>(images, shape, first, dw),
-            (1, 4) => weight_gradient_group::<1, 4>(images, shape, first, dw),
-            (1, _) => weight_gradient_group::<1, 5>(images, shape, first, dw),
-            (2, 1) => weight_gradient_group::<2, 1>(images, shape, first, dw),
-            (2, 2) => weight_gradient_group::<2, 2>(images, shape, first, dw),
-            (2, 3) => weight_gradient_group::<2, 3>(images, shape, first, dw),
-            (2, 4) => weight_gradient_group::<2, 4>(images, shape, first, dw),
-            (2, _) => weight_gradient_group::<2, 5>(images, shape, first, dw),
-            (_, 1) => weight_gradient_group::<3, 1>(images, shape, first, dw),
-            (_, 2) => weight_gradient_group::<3, 2>(images, shape, first, dw),
-            (_, 3) => weight_gradient_group::<3, 3>(images, shape, first, dw),
-            (_, 4) => weight_gradient_group::<3, 4>(images, shape, first, dw),
-            (_, _) => weight_gradient_group::<3, 5>(images, shape, first, dw),
-        }
-        first += size;
-    }
-}
-
-/// The weight gradient of kernels `first .. first + G`, whose rows have
-/// `KW` entries. For one kernel row `(c, ky)` and one block of an output
-/// row, the `G` kernels' output gradients are loaded once and multiplied
-/// with the `KW` shifted input rows: `KW·G` sums in registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn weight_gradient_group<'a, 'b, const G: usize, const KW: usize>(
-    images: impl Iterator<Item = (&'a [f32], &'b [f32])>,
-    shape: &Shape,
-    first: usize,
-    dw: &mut [f32],
-) {
-    debug_assert_eq!(shape.kw, KW);
-    let (field, positions) = (shape.field(), shape.positions());
-    let s1 = shape.second_block();
-    // the second block's lanes the first already covers count only once
-    let overlap = (LANES - s1) as u32; // 16 when the row is 16 long: the blocks coincide
-    let masks: [__mmask16; 2] = [u16::MAX, u16::MAX.checked_shl(overlap).unwrap_or(0)];
-    let kernel_rows = shape.c * shape.kh;
-    // per (block, kernel row (c, ky), kx, kernel): sixteen partial sums
-    let mut partial = vec![[[[0.0_f32; LANES]; G]; KW]; 2 * kernel_rows];
-    for (x, g) in images {
+    /// The values the kernels read for image `x`: the image itself for
+    /// wide rows, else `scratch` filled with its row pairs.
+    ///
+    /// # Panics
+    /// If `x` is shorter than an image, or the kernels would read past the
+    /// source (which [`Plan::new`]'s sizes rule out).
+    fn source<'a>(&self, x: &'a [f32], scratch: &'a mut [f32]) -> &'a [f32] {
+        let shape = &self.shape;
         assert!(
             x.len() >= shape.image_len(),
             "direct convolution: image too short"
         );
-        let g = &g[first * positions..][..G * positions];
-        for (block, (start, mask)) in [(0, masks[0]), (s1, masks[1])].into_iter().enumerate() {
-            for row in 0..kernel_rows {
-                let (c, ky) = (row / shape.kh, row % shape.kh);
-                let acc = &mut partial[block * kernel_rows + row];
-                // SAFETY: `acc[kx][k]` holds sixteen values.
-                let mut sums: [[__m512; G]; KW] = std::array::from_fn(|kx| {
-                    std::array::from_fn(|k| unsafe { load(&acc[kx][k], 0) })
-                });
-                for oy in 0..shape.oh {
-                    let at = (c * shape.h + ky + oy) * shape.w + start;
-                    // SAFETY: `g` holds G planes of OH·OW and the last value
-                    // read is `k·OH·OW + oy·OW + start + 15 < (k + 1)·OH·OW`;
-                    // the last value of `x` read is
-                    // `(c·H + ky + oy)·W + start + kx + 15 ≤ (c·H + ky + oy)·W + W − 1`
-                    // (kx < KW, start + 16 ≤ OW = W − KW + 1), inside the
-                    // image, whose length was checked above.
-                    unsafe {
-                        let gs: [__m512; G] = std::array::from_fn(|k| {
-                            load_masked(g, k * positions + oy * shape.ow + start, mask)
-                        });
-                        for (kx, sums) in sums.iter_mut().enumerate() {
-                            let xs = load(x, at + kx);
-                            for k in 0..G {
-                                sums[k] = _mm512_fmadd_ps(gs[k], xs, sums[k]);
+        let x = if shape.row_pairs() {
+            let scratch = &mut scratch[..shape.source_len()];
+            shape.fill_source(x, scratch);
+            scratch
+        } else {
+            x
+        };
+        assert!(
+            self.reach <= x.len(),
+            "direct convolution of {shape:?}: reads past its input"
+        );
+        x
+    }
+
+    /// The convolution of one image `x` (`C × H × W`) with the kernels
+    /// `weights` ([`Plan::entry_major`] of `O` kernels) into `y` (`O`
+    /// planes of `OH × OW`). Every value of `y` is written. `scratch` holds
+    /// at least [`Plan::forward_scratch_len`] values.
+    ///
+    /// # Panics
+    /// If a slice is too short.
+    pub(super) fn forward_image(
+        &self,
+        x: &[f32],
+        weights: &[f32],
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let o = weights.len() / self.shape.field();
+        assert!(
+            y.len() >= o * self.shape.positions(),
+            "direct convolution: output too short"
+        );
+        let x = self.source(x, scratch);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Plan::new` checked that the CPU supports AVX-512.
+        unsafe {
+            self.forward_groups(x, weights, y)
+        }
+    }
+
+    /// [`Plan::forward_image`] for kernels in groups of up to [`MAX_GROUP`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn forward_groups(&self, x: &[f32], weights: &[f32], y: &mut [f32]) {
+        let (field, positions) = (self.shape.field(), self.shape.positions());
+        let o = weights.len() / field;
+        let mut first = 0;
+        while first < o {
+            let size = (o - first).min(MAX_GROUP);
+            let w = &weights[first * field..][..size * field];
+            let y = &mut y[first * positions..][..size * positions];
+            match size {
+                1 => self.forward_group::<1>(x, w, y),
+                2 => self.forward_group::<2>(x, w, y),
+                3 => self.forward_group::<3>(x, w, y),
+                4 => self.forward_group::<4>(x, w, y),
+                5 => self.forward_group::<5>(x, w, y),
+                6 => self.forward_group::<6>(x, w, y),
+                7 => self.forward_group::<7>(x, w, y),
+                _ => self.forward_group::<8>(x, w, y),
+            }
+            first += size;
+        }
+    }
+
+    /// `G` kernels' output planes (weights entry by entry, `G` side by
+    /// side), two blocks at a time: `2·G` independent chains of fused
+    /// multiply-adds keep both of the processor's FMA units busy (an odd
+    /// last block is computed twice, which costs no more than alone).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn forward_group<const G: usize>(&self, x: &[f32], w: &[f32], y: &mut [f32]) {
+        let positions = self.shape.positions();
+        for pair in self.blocks.chunks(2) {
+            let (b0, b1) = (pair[0], pair[pair.len() - 1]);
+            let (mut a0, mut a1) = ([_mm512_setzero_ps(); G], [_mm512_setzero_ps(); G]);
+            for (&at, wr) in self.offsets.iter().zip(w.chunks_exact(G)) {
+                // SAFETY: `source` checked that every entry offset plus
+                // every block offset plus sixteen lies inside `x`.
+                let (x0, x1) = unsafe { (load(x, at + b0.x), load(x, at + b1.x)) };
+                for k in 0..G {
+                    let wk = _mm512_set1_ps(wr[k]);
+                    a0[k] = _mm512_fmadd_ps(wk, x0, a0[k]);
+                    a1[k] = _mm512_fmadd_ps(wk, x1, a1[k]);
+                }
+            }
+            for k in 0..G {
+                store(y, k * positions + b0.out, a0[k]);
+                store(y, k * positions + b1.out, a1[k]);
+            }
+        }
+    }
+
+    /// Adds the weight gradient of `images` (pairs of one input image `x`
+    /// and its output gradient `g`, `O` planes) onto `dw` (`O × C·KH·KW`,
+    /// row-major). Per kernel entry and class of blocks, sixteen partial
+    /// sums run over all the images; at the end each class's lanes are
+    /// added in order, and the classes' totals in order. `scratch` holds at
+    /// least [`Plan::gradient_scratch_len`] values.
+    ///
+    /// # Panics
+    /// If a slice is too short.
+    pub(super) fn weight_gradient(
+        &self,
+        images: &[(&[f32], &[f32])],
+        o: usize,
+        dw: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let (field, positions) = (self.shape.field(), self.shape.positions());
+        assert!(
+            dw.len() >= o * field,
+            "direct convolution: gradient too short"
+        );
+        let source_len = self.shape.source_len();
+        let (sources, partial) = scratch.split_at_mut(images.len() * source_len);
+        // the values the kernels read, image by image
+        let xs: Vec<&[f32]> = if source_len == 0 {
+            images
+                .iter()
+                .map(|&(x, _)| self.source(x, &mut []))
+                .collect()
+        } else {
+            let sources = sources.chunks_exact_mut(source_len);
+            images
+                .iter()
+                .zip(sources)
+                .map(|(&(x, _), s)| self.source(x, s))
+                .collect()
+        };
+        let gs: Vec<&[f32]> = images.iter().map(|&(_, g)| g).collect();
+        for g in &gs {
+            assert!(
+                g.len() >= o * positions,
+                "direct convolution: gradient too short"
+            );
+        }
+        // per (kernel, entry, class of blocks): sixteen partial sums, each
+        // written once
+        let partial = &mut partial[..o * field * self.classes.len() * LANES];
+        let (partial, _) = partial.as_chunks_mut::<LANES>();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Plan::new` checked that the CPU supports AVX-512.
+        unsafe {
+            weight_gradient_groups(&xs, &gs, &self.shape, o, &self.classes, partial)
+        }
+        for (r, per_class) in partial.chunks_exact(self.classes.len()).enumerate() {
+            let total: f32 = per_class
+                .iter()
+                .map(|lanes| lanes.iter().sum::<f32>())
+                .sum();
+            dw[r] += total;
+        }
+    }
+}
+
+/// [`Plan::weight_gradient`]'s sums, for kernels in groups of up to
+/// [`GRADIENT_GROUP`]. `partial` holds, per kernel and entry (as `dw`),
+/// the sums of every class of blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn weight_gradient_groups(
+    xs: &[&[f32]],
+    gs: &[&[f32]],
+    shape: &Shape,
+    o: usize,
+    classes: &[BlockClass],
+    partial: &mut [[f32; LANES]],
+) {
+    let per_kernel = shape.field() * classes.len();
+    let mut first = 0;
+    while first < o {
+        let size = (o - first).min(GRADIENT_GROUP);
+        let partial = &mut partial[first * per_kernel..][..size * per_kernel];
+        let g_at = first * shape.positions();
+        match (size, shape.kw) {
+            (1, 3) => weight_gradient_group::<1, 3>(xs, gs, g_at, shape, classes, partial),
+            (2, 3) => weight_gradient_group::<2, 3>(xs, gs, g_at, shape, classes, partial),
+            (3, 3) => weight_gradient_group::<3, 3>(xs, gs, g_at, shape, classes, partial),
+            (_, 3) => weight_gradient_group::<4, 3>(xs, gs, g_at, shape, classes, partial),
+            (1, _) => weight_gradient_group::<1, 5>(xs, gs, g_at, shape, classes, partial),
+            (2, _) => weight_gradient_group::<2, 5>(xs, gs, g_at, shape, classes, partial),
+            (3, _) => weight_gradient_group::<3, 5>(xs, gs, g_at, shape, classes, partial),
+            (_, _) => weight_gradient_group::<4, 5>(xs, gs, g_at, shape, classes, partial),
+        }
+        first += size;
+    }
+}
+
+/// The weight gradient sums of `G` kernels (whose output gradients start
+/// at `g_at` in each image's) with rows of `KW` entries. For one kernel
+/// row `(c, ky)` and one class of blocks, `KW·G` sums stay in registers
+/// over every block of every image; for each block the kernels' output
+/// gradients are loaded once and multiplied with the `KW` shifted inputs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn weight_gradient_group<const G: usize, const KW: usize>(
+    xs: &[&[f32]],
+    gs: &[&[f32]],
+    g_at: usize,
+    shape: &Shape,
+    classes: &[BlockClass],
+    partial: &mut [[f32; LANES]],
+) {
+    debug_assert_eq!(shape.kw, KW);
+    let (field, positions, step) = (shape.field(), shape.positions(), shape.kx_step());
+    let at = |k: usize, r: usize, class: usize| (k * field + r) * classes.len() + class;
+    for c in 0..shape.c {
+        for ky in 0..shape.kh {
+            let (row, r0) = (shape.entry_offset(c, ky, 0), (c * shape.kh + ky) * KW);
+            for (class, BlockClass { counted, blocks }) in classes.iter().enumerate() {
+                let mut sums = [[_mm512_setzero_ps(); G]; KW];
+                for (&x, &g) in xs.iter().zip(gs) {
+                    for block in blocks {
+                        // SAFETY: `g` holds at least `g_at + G` planes (the
+                        // caller checked O planes) and a block's sixteen lanes
+                        // lie inside its plane; `Plan::source` checked that
+                        // every entry offset (`row + kx·step` is entry
+                        // (c, ky, kx)'s) plus every block offset plus sixteen
+                        // lies inside `x`.
+                        unsafe {
+                            let gv: [__m512; G] = std::array::from_fn(|k| {
+                                load_masked(g, g_at + k * positions + block.out, *counted)
+                            });
+                            for (kx, sums) in sums.iter_mut().enumerate() {
+                                let xv = load(x, row + kx * step + block.x);
+                                for k in 0..G {
+                                    sums[k] = _mm512_fmadd_ps(gv[k], xv, sums[k]);
+                                }
                             }
                         }
                     }
                 }
                 for (kx, sums) in sums.iter().enumerate() {
-                    for k in 0..G {
-                        store(&mut acc[kx][k], 0, sums[k]);
+                    for (k, &sum) in sums.iter().enumerate() {
+                        store(&mut partial[at(k, r0 + kx, class)], 0, sum);
                     }
                 }
-            }
-        }
-    }
-    // entry r = (c, ky, kx) of kernel k: the first block's lanes in order,
-    // then the second's, then the two totals
-    for row in 0..kernel_rows {
-        for kx in 0..KW {
-            for k in 0..G {
-                let first_block: f32 = partial[row][kx][k].iter().sum();
-                let second_block: f32 = partial[kernel_rows + row][kx][k].iter().sum();
-                dw[k * field + row * KW + kx] += first_block + second_block;
             }
         }
     }
