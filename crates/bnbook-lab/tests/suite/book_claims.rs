@@ -57,26 +57,42 @@ fn the_comparison_of_normalisations_says_what_its_runs_show() {
         );
         assert!(mean(&runs, test) > mean(&none, test), "{model}: test acc");
     }
-    // "... this holds run by run as well" for BN, LN and IN
+    // "... this holds run by run as well" for BN and IN
     let lowest_none = none
         .iter()
         .map(|h| final_loss(h))
         .fold(f64::INFINITY, f64::min);
-    for model in ["lenet-bn-concise", "lenet-ln", "lenet-in"] {
+    for model in ["lenet-bn-concise", "lenet-in"] {
         for h in of(&all, model) {
             assert!(final_loss(h) < lowest_none, "{model} seed {}", h.seed);
         }
     }
-    // "For group norm it does not: two of its seeds end with a higher
-    // training loss than all three runs without normalisation, because their
-    // loss jumps up in the last epoch after nine epochs below the baseline's"
+    // "one seed of layer norm also jumps up in its last epoch and ends above
+    // two of the three runs without normalisation" (the other two below all)
+    let ln_runs = of(&all, "lenet-ln");
+    let ln_above: Vec<&&History> = ln_runs
+        .iter()
+        .filter(|h| final_loss(h) > lowest_none)
+        .collect();
+    assert_eq!(ln_above.len(), 1, "one layer-norm seed above");
+    let h = ln_above[0];
+    let n = h.history.len();
+    assert!(h.history[n - 1].loss > h.history[n - 2].loss, "a jump");
+    let beaten = none
+        .iter()
+        .filter(|b| final_loss(b) < final_loss(h))
+        .count();
+    assert_eq!(beaten, 2, "above two of the three");
+    // "One seed of group norm ends with a higher training loss than all three
+    // runs without normalisation, because its loss jumps up in the last
+    // epoch after nine epochs below the baseline's"
     let highest_none = none.iter().map(|h| final_loss(h)).fold(0.0, f64::max);
     let gn_runs = of(&all, "lenet-gn");
     let above: Vec<&&History> = gn_runs
         .iter()
         .filter(|h| final_loss(h) > highest_none)
         .collect();
-    assert_eq!(above.len(), 2);
+    assert_eq!(above.len(), 1);
     for h in above {
         let n = h.history.len();
         assert!(h.history[n - 1].loss > h.history[n - 2].loss, "a jump");
@@ -170,10 +186,10 @@ fn the_cost_of_each_normalisation_is_described_as_measured() {
             .collect()
     };
     let ratio = |norm: &str, slot: usize| ms(norm, true)[slot] / ms(norm, false)[slot];
-    // "fused batch norm takes about a quarter of the time of the composed one
-    // at both convolutional slots"
+    // "fused batch norm takes a quarter to two fifths of the time of the
+    // composed one at both convolutional slots"
     for slot in [0, 1] {
-        assert!((0.2..0.35).contains(&ratio("BN", slot)), "slot {slot}");
+        assert!((0.22..0.43).contains(&ratio("BN", slot)), "slot {slot}");
     }
     // "the fused versions of layer, instance and group norm a little under
     // half" (at both convolutional slots)
@@ -399,7 +415,9 @@ fn the_training_dynamics_chapter_says_what_its_runs_show() {
         assert_eq!((bn.len(), none.len()), (3, 3), "three seeds at lr {lr}");
         for h in &bn {
             assert!(h.history.iter().all(|r| r.loss.is_finite()), "lr {lr}");
-            assert!(test(h) > 0.7, "lenet-bn learns at lr {lr}");
+            // learns: every run far above chance (0.1); the weakest, one
+            // seed at lr 10, ends near 0.7
+            assert!(test(h) > 0.6, "lenet-bn learns at lr {lr}");
         }
         assert!(mean(&bn, test) > mean(&none, test), "ahead at lr {lr}");
         let learns = mean(&none, test) > 0.3;
@@ -867,12 +885,16 @@ fn the_small_batch_sections_say_what_their_runs_show() {
         assert!((0.07..0.14).contains(&gain(renorm, precise)), "{precise}");
     }
     assert!((0.17..0.23).contains(&gain(frozen, false)));
-    // "from batch 4 upwards ... batch renorm ends up to about two points below
-    // it; frozen BN is about level with it up to batch 32"
+    // "from batch 4 upwards ... batch renorm ends up to about three points
+    // below it, and about five at batch 64; frozen BN is about level with it
+    // up to batch 32"
     for b in [4, 8, 16, 32, 64, 128, 256] {
         let d = mean_of(&runs, bn, b, b, false) - mean_of(&runs, renorm, b, b, false);
-        assert!(d < 0.03, "renorm at {b}: {d}");
+        let up_to = if b == 64 { 0.065 } else { 0.035 };
+        assert!(d < up_to, "renorm at {b}: {d}");
     }
+    let at_64 = mean_of(&runs, bn, 64, 64, false) - mean_of(&runs, renorm, 64, 64, false);
+    assert!(at_64 > 0.04, "about five at 64: {at_64}");
     for b in [4, 8, 16, 32] {
         let d = mean_of(&runs, frozen, b, b, false) - mean_of(&runs, bn, b, b, false);
         assert!(d.abs() < 0.015, "frozen at {b}: {d}");
@@ -893,13 +915,16 @@ fn the_small_batch_sections_say_what_their_runs_show() {
         .collect();
     assert!(frozen_256.len() == 3 && frozen_256.iter().all(|&a| a < 0.15));
     // precise statistics: below running for frozen BN up to 64 and for batch
-    // renorm up to 32; as good or better for plain batch norm everywhere
+    // renorm from 4 to 32 (level at 2); as good or better for plain batch
+    // norm everywhere
     for b in [2, 4, 8, 16, 32, 64] {
         assert!(mean_of(&runs, frozen, b, b, true) < mean_of(&runs, frozen, b, b, false));
     }
-    for b in [2, 4, 8, 16, 32] {
+    for b in [4, 8, 16, 32] {
         assert!(mean_of(&runs, renorm, b, b, true) < mean_of(&runs, renorm, b, b, false));
     }
+    let level = mean_of(&runs, renorm, 2, 2, true) - mean_of(&runs, renorm, 2, 2, false);
+    assert!(level.abs() < 0.01, "renorm at 2: {level}");
     for b in [2, 4, 8, 16, 32, 64, 128, 256] {
         assert!(mean_of(&runs, bn, b, b, true) >= mean_of(&runs, bn, b, b, false));
     }
@@ -909,8 +934,8 @@ fn the_small_batch_sections_say_what_their_runs_show() {
     let sync = mean_of(&split, "sync BN (8 workers)", 256, 256, false);
     // synchronised = 1 worker, to the three decimals of the table
     assert_eq!(format!("{sync:.3}"), format!("{:.3}", ghost(256)));
-    // 2 per worker fall apart; 4 below all three seeds of the full batch;
-    // from 8 upwards the means within the full batch's spread
+    // 2 per worker fall apart; 4 and 8 below all three seeds of the full
+    // batch; from 16 upwards the means within the full batch's spread
     for size in [4, 8, 16, 32, 64, 128, 256] {
         assert!(ghost(2) < ghost(size) - 0.2, "2 per worker is the worst");
     }
@@ -926,8 +951,13 @@ fn the_small_batch_sections_say_what_their_runs_show() {
     let (lo, hi) = full
         .iter()
         .fold((1.0_f64, 0.0_f64), |(a, b), &v| (a.min(v), b.max(v)));
-    assert!(ghost(4) < lo);
-    for size in [8, 16, 32, 64, 128] {
+    let full_mean = full.iter().sum::<f64>() / full.len() as f64;
+    for size in [4, 8] {
+        assert!(ghost(size) < lo, "ghost {size} below every seed");
+        let below = full_mean - ghost(size);
+        assert!((0.035..0.055).contains(&below), "ghost {size}: {below}");
+    }
+    for size in [16, 32, 64, 128] {
         assert!((lo..=hi).contains(&ghost(size)), "ghost {size}");
     }
     // "the precise column ... 4, 8 and 16 examples per worker climb towards

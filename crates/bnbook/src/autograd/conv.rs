@@ -7,6 +7,13 @@
 //! The backward pass is two more GEMMs and the reverse copy, **col2im**,
 //! which *adds* the pieces back into image positions (fields overlap, so a
 //! pixel collects gradient from every window that saw it).
+//!
+//! On CPUs with AVX-512, LeNet's convolutions (small kernels, output rows
+//! of 8 or 16 to 32 values) skip im2col for the forward pass and the
+//! weight gradient: [`conv_direct`] computes them
+//! directly, sixteen outputs at a time. The input gradient keeps GEMM and
+//! col2im; for image rows of at most 16 pixels, col2im adds each row in a
+//! vector register (`conv_direct::col2im_narrow`, same bits).
 
 use super::conv_direct;
 use super::gemm::{Mat, gemm};
@@ -159,11 +166,11 @@ impl Geometry {
         }
     }
 
-    /// The sizes [`conv_direct`] works with, when it applies to this
-    /// convolution (stride 1; with padding, it convolves the framed image).
-    fn direct(&self) -> Option<conv_direct::Plan> {
+    /// The sizes of the framed image's convolution, as [`conv_direct`]
+    /// takes them (meaningful for stride 1).
+    fn shape(&self) -> conv_direct::Shape {
         let f = self.framed();
-        let shape = conv_direct::Shape {
+        conv_direct::Shape {
             c: f.c,
             h: f.h,
             w: f.w,
@@ -171,9 +178,14 @@ impl Geometry {
             kw: f.kw,
             oh: f.oh,
             ow: f.ow,
-        };
+        }
+    }
+
+    /// The plan of [`conv_direct`], when it applies to this convolution
+    /// (stride 1; with padding, it convolves the framed image).
+    fn direct(&self) -> Option<conv_direct::Plan> {
         (self.stride == 1)
-            .then(|| conv_direct::Plan::new(shape))
+            .then(|| conv_direct::Plan::new(self.shape()))
             .flatten()
     }
 }
@@ -281,6 +293,9 @@ multiversioned! {
     /// pixel of `dx` (one image) it was copied from; overlapping windows add up.
     fn col2im(cols: &[f32], g: &Geometry, dx: &mut [f32]) {
         let positions = g.positions();
+        if g.stride == 1 && g.padding == 0 && conv_direct::col2im_narrow(cols, &g.shape(), dx) {
+            return;
+        }
         if g.stride == 1 && g.padding == 0 {
             // the same walk as im2col's fast path, adding instead of copying
             // (written out again rather than shared through a closure: a
@@ -907,6 +922,42 @@ mod tests {
                 same,
                 "{c}x{h}x{w}, {o} kernels of {k}x{k}, padding {padding}"
             );
+        }
+    }
+
+    #[test]
+    fn narrow_col2im_gives_the_bits_of_the_plain_loop() {
+        // LeNet-BN's second convolution, 3×3 kernels on 16-wide rows, 5×5
+        // on rows of 7 (output rows of 3)
+        for (c, h, w, k) in [(6, 12, 12, 5), (2, 9, 16, 3), (3, 7, 7, 5)] {
+            let g = Geometry::new("test", &[1, c, h, w], k, k, 1, 0);
+            let cols = values(g.field() * g.positions(), 5);
+            // col2im adds into what `dx` holds already
+            let start = values(g.image_len(), 7);
+            let mut want = start.clone();
+            let mut rows = cols.chunks_exact(g.positions());
+            for ch in 0..c {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let row = rows.next().expect("one row per entry");
+                        for oy in 0..g.oh {
+                            for ox in 0..g.ow {
+                                want[(ch * h + oy + ky) * w + ox + kx] += row[oy * g.ow + ox];
+                            }
+                        }
+                    }
+                }
+            }
+            let mut got = start;
+            if !conv_direct::col2im_narrow(&cols, &g.shape(), &mut got) {
+                eprintln!("no AVX-512 here: the narrow col2im is not used, nothing to compare");
+                return;
+            }
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{c}x{h}x{w}, {k}x{k} kernels");
         }
     }
 

@@ -2,8 +2,10 @@
 //!
 //! *Book: chapter "Autograd in a few hundred lines", section "Why it is fast".*
 //!
-//! Every convolution and every `Linear` layer ends in matrix products, and
-//! in LeNet they are small and oddly shaped: `6 × 25` kernels against
+//! Every `Linear` layer ends in matrix products, and so does a convolution
+//! through im2col (all of them without AVX-512; with it, LeNet's forward
+//! passes and weight gradients are direct, see `conv_direct.rs`). In LeNet
+//! they are small and oddly shaped: `6 × 25` kernels against
 //! `25 × 576` im2col matrices, `16 × 64` gradients against `64 × 150`
 //! columns. Which library multiplies them was chosen by measurement
 //! (`crates/bnbook-lab/examples/bench_conv.rs` and the book's speed
