@@ -293,10 +293,11 @@ multiversioned! {
     /// pixel of `dx` (one image) it was copied from; overlapping windows add up.
     fn col2im(cols: &[f32], g: &Geometry, dx: &mut [f32]) {
         let positions = g.positions();
-        if g.stride == 1 && g.padding == 0 && conv_direct::col2im_narrow(cols, &g.shape(), dx) {
-            return;
-        }
         if g.stride == 1 && g.padding == 0 {
+            // rows of at most 16 pixels: added in vector registers, same bits
+            if conv_direct::col2im_narrow(cols, &g.shape(), dx) {
+                return;
+            }
             // the same walk as im2col's fast path, adding instead of copying
             // (written out again rather than shared through a closure: a
             // closure is not reliably inlined into the wide versions)
