@@ -28,7 +28,7 @@
 //! [`BatchNormOptions::keras`] Keras' defaults.
 
 use crate::autograd::kernels::multiversioned;
-use crate::autograd::{Tensor, build, with_wide_vectors};
+use crate::autograd::{Tensor, build};
 use crate::error::{Error, Result};
 pub use crate::nn::Momentum;
 use crate::nn::{BatchNormLayer, Mode, Module, check_eps, check_weight};
@@ -117,42 +117,202 @@ fn channel_layout(shape: &[usize]) -> (usize, usize, usize) {
 /// always added in the same order (reproducible to the last bit).
 const IMAGES_PER_GROUP: usize = 16;
 
-/// Per channel, the sums of `f(channel, block)` over the `n · c` blocks of
-/// a `(N, C, S)` layout (block `i` is image `i / c`, channel `i % c`). Two
-/// sums are taken at once. Groups of images run in parallel.
-fn channel_sums(
-    n: usize,
-    c: usize,
-    f: impl Fn(usize, usize) -> (f64, f64) + Sync,
-) -> (Vec<f64>, Vec<f64>) {
-    let partials: Vec<(Vec<f64>, Vec<f64>)> = (0..n.div_ceil(IMAGES_PER_GROUP))
+/// `len` values from `start` of each of `J` arrays. (`from_fn`, not the
+/// arrays' `map`, which the compiler left as a call in the hot loops.)
+#[inline(always)]
+fn windows<const J: usize>(arrays: [&[f32]; J], start: usize, len: usize) -> [&[f32]; J] {
+    std::array::from_fn(|j| &arrays[j][start..][..len])
+}
+
+/// The one or two per-value arrays of a kernel as two slices (the same one
+/// twice when there is one), so that its loop can zip plain slices: the
+/// compiler turns that into vector instructions, where it gave up on
+/// indexing an array of slices.
+#[inline(always)]
+fn one_or_two<const J: usize>(arrays: [&[f32]; J]) -> (&[f32], &[f32]) {
+    const { assert!(J == 1 || J == 2, "kernels take one or two per-value arrays") };
+    (arrays[0], arrays[J - 1])
+}
+
+/// The formula's per-value argument from the values of [`one_or_two`]'s
+/// slices.
+#[inline(always)]
+fn pick<const J: usize>(a: f32, b: f32) -> [f32; J] {
+    std::array::from_fn(|j| if j == 0 { a } else { b })
+}
+
+/// Entry `i` of each of `K` arrays: the numbers a formula of
+/// [`channel_map`] or [`channel_sums`] gets for one channel or one value.
+#[inline(always)]
+fn entries<const K: usize>(arrays: [&[f32]; K], i: usize) -> [f32; K] {
+    std::array::from_fn(|k| arrays[k][i])
+}
+
+/// Per channel of an `(N, C, S)` layout, the `P` sums of
+/// `f(per_channel, per_value)` over the channel's `N · S` values, where
+/// `f` gets the channel's entry of each array in `per_channel` (μ, 1/σ, …)
+/// and the value's entry of each array in `per_value` (x, g, …).
+///
+/// Inside a block of `S` values (one image, one channel) the sums run in
+/// sixteen `f32` lanes ([`block_sums`]); block sums and the totals are
+/// `f64`. Groups of [`IMAGES_PER_GROUP`] images run in parallel, and their
+/// totals are added in group order: the same bits on any number of threads.
+fn channel_sums<const K: usize, const J: usize, const P: usize>(
+    (n, c, s): (usize, usize, usize),
+    per_channel: [&[f32]; K],
+    per_value: [&[f32]; J],
+    f: impl Fn([f32; K], [f32; J]) -> [f32; P] + Sync,
+) -> [Vec<f64>; P] {
+    let zeros = || std::array::from_fn(|_| vec![0.0_f64; c]);
+    let partials: Vec<[Vec<f64>; P]> = (0..n.div_ceil(IMAGES_PER_GROUP))
         .into_par_iter()
         .map(|group| {
-            // two arrays rather than one of pairs, so that a row of channels
-            // (after a fully connected layer) is summed with vector instructions
-            let (mut first, mut second) = (vec![0.0; c], vec![0.0; c]);
-            let images = group * IMAGES_PER_GROUP..((group + 1) * IMAGES_PER_GROUP).min(n);
-            with_wide_vectors(|| {
-                for image in images {
-                    for (ch, (a, b)) in first.iter_mut().zip(&mut second).enumerate() {
-                        let (da, db) = f(ch, image * c + ch);
-                        *a += da;
-                        *b += db;
+            let mut sums = zeros();
+            for image in group * IMAGES_PER_GROUP..((group + 1) * IMAGES_PER_GROUP).min(n) {
+                let start = image * c * s;
+                if s == 1 {
+                    // after a fully connected layer: a row of C channels, one value each
+                    let row = windows(per_value, start, c);
+                    add_row(&mut sums, per_channel, row, &f);
+                } else {
+                    for ch in 0..c {
+                        let block = windows(per_value, start + ch * s, s);
+                        let block_sum = block_sums(block, entries(per_channel, ch), &f);
+                        for (sum, b) in sums.iter_mut().zip(block_sum) {
+                            sum[ch] += f64::from(b);
+                        }
                     }
                 }
-            });
-            (first, second)
+            }
+            sums
         })
         .collect();
-    let (mut first, mut second) = (vec![0.0; c], vec![0.0; c]);
-    for (part_first, part_second) in partials {
-        first.iter_mut().zip(part_first).for_each(|(t, p)| *t += p);
-        second
-            .iter_mut()
-            .zip(part_second)
-            .for_each(|(t, p)| *t += p);
+    let mut totals = zeros();
+    for partial in &partials {
+        for (total, part) in totals.iter_mut().zip(partial) {
+            total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+        }
     }
-    (first, second)
+    totals
+}
+
+multiversioned! {
+    /// One row of a fully connected layer's output in [`channel_sums`]:
+    /// value `ch` is added to channel `ch`'s sums.
+    fn add_row<const K: usize, const J: usize, const P: usize>(
+        sums: &mut [Vec<f64>; P],
+        per_channel: [&[f32]; K],
+        row: [&[f32]; J],
+        f: &impl Fn([f32; K], [f32; J]) -> [f32; P],
+    ) {
+        let c = sums.first().map_or(0, |s| s.len());
+        let (per_channel, row) = (windows(per_channel, 0, c), windows(row, 0, c));
+        for ch in 0..c {
+            let values = f(entries(per_channel, ch), entries(row, ch));
+            for (sum, v) in sums.iter_mut().zip(values) {
+                sum[ch] += f64::from(v);
+            }
+        }
+    }
+}
+
+multiversioned! {
+    /// The `P` sums of `f(k, value)` over one block of [`channel_sums`], in
+    /// sixteen running sums each (lane `l` takes values `l, l + 16, …`),
+    /// added together at the end, then the values past the last whole
+    /// sixteen. A single running total would make every addition wait for
+    /// the one before (about four cycles each); independent lanes let the
+    /// compiler use vector instructions and keep several additions in
+    /// flight — and, as a bonus, round less.
+    fn block_sums<const K: usize, const J: usize, const P: usize>(
+        block: [&[f32]; J],
+        k: [f32; K],
+        f: &impl Fn([f32; K], [f32; J]) -> [f32; P],
+    ) -> [f32; P] {
+        let (a, b) = one_or_two(block);
+        let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
+        let (a_tail, b_tail) = (a_chunks.remainder(), b_chunks.remainder());
+        let mut lanes = [[0.0_f32; 16]; P];
+        for (xa, xb) in a_chunks.zip(b_chunks) {
+            for l in 0..16 {
+                let values = f(k, pick(xa[l], xb[l]));
+                for (lane, v) in lanes.iter_mut().zip(values) {
+                    lane[l] += v;
+                }
+            }
+        }
+        let mut tail = [0.0_f32; P];
+        for (&xa, &xb) in a_tail.iter().zip(b_tail) {
+            let values = f(k, pick(xa, xb));
+            for (t, v) in tail.iter_mut().zip(values) {
+                *t += v;
+            }
+        }
+        if a.len() < 16 {
+            return tail;
+        }
+        std::array::from_fn(|p| lanes[p].iter().sum::<f32>() + tail[p])
+    }
+}
+
+/// A new `(N, C, S)` array of `f(per_channel, per_value)` for every value,
+/// where `f` gets the value's channel's entry of each array in
+/// `per_channel` (γ/σ, β − γμ/σ, …) and the value's own entry of each array
+/// in `per_value` (x, g, …). Blocks of `S` values run in parallel (small
+/// ones in bunches); after a fully connected layer (`S = 1`) a task takes
+/// whole rows of `C` values. Writing into fresh memory skips zero-filling
+/// it first.
+fn channel_map<const K: usize, const J: usize>(
+    (n, c, s): (usize, usize, usize),
+    per_channel: [&[f32]; K],
+    per_value: [&[f32]; J],
+    f: impl Fn([f32; K], [f32; J]) -> f32 + Sync,
+) -> Vec<f32> {
+    if s == 1 {
+        build(n * c, c, |row, dst| {
+            let values = windows(per_value, row * c, dst.len());
+            map_row(dst, per_channel, values, &f);
+        })
+    } else {
+        build(n * c * s, s, |block, dst| {
+            let values = windows(per_value, block * s, dst.len());
+            map_block(dst, entries(per_channel, block % c), values, &f);
+        })
+    }
+}
+
+multiversioned! {
+    /// One row of a fully connected layer's output in [`channel_map`]:
+    /// value `ch` belongs to channel `ch`.
+    fn map_row<const K: usize, const J: usize>(
+        dst: &mut [MaybeUninit<f32>],
+        per_channel: [&[f32]; K],
+        row: [&[f32]; J],
+        f: &impl Fn([f32; K], [f32; J]) -> f32,
+    ) {
+        // slices of the row's exact length: no bounds checks in the loop
+        let n = dst.len();
+        let (per_channel, row) = (windows(per_channel, 0, n), windows(row, 0, n));
+        for (ch, d) in dst.iter_mut().enumerate() {
+            d.write(f(entries(per_channel, ch), entries(row, ch)));
+        }
+    }
+}
+
+multiversioned! {
+    /// One block of one channel in [`channel_map`]: the channel's numbers
+    /// `k` stay the same for the whole block.
+    fn map_block<const K: usize, const J: usize>(
+        dst: &mut [MaybeUninit<f32>],
+        k: [f32; K],
+        block: [&[f32]; J],
+        f: &impl Fn([f32; K], [f32; J]) -> f32,
+    ) {
+        let (a, b) = one_or_two(block);
+        for ((d, &xa), &xb) in dst.iter_mut().zip(a).zip(b) {
+            d.write(f(k, pick(xa, xb)));
+        }
+    }
 }
 
 /// A `(N, C, S)` array of `len` values produced block by block, in parallel
@@ -176,81 +336,6 @@ pub(crate) fn build_blocks(
         });
     }
     build(len, s, |i, block| fill(i % c, i, block))
-}
-
-/// `Σ f(x)` over a block with sixteen running sums (lane `l` takes values
-/// `l, l + 16, …`), added together at the end. A single running total
-/// would make every addition wait for the one before (about four cycles
-/// each); independent lanes let the compiler use vector instructions and
-/// keep several additions in flight — and, as a bonus, round less.
-#[inline(always)]
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    if xs.len() < 16 {
-        // a fully connected layer's blocks hold one value: no lanes to fill
-        return xs.iter().map(|&x| f(x)).sum();
-    }
-    lane_sum_wide(xs, &f)
-}
-
-multiversioned! {
-    /// [`lane_sum`] of a block of at least 16 values, compiled per vector
-    /// width (see `multiversioned!` in `src/autograd/kernels.rs`).
-    fn lane_sum_wide(xs: &[f32], f: &impl Fn(f32) -> f32) -> f32 {
-        let mut acc = [0.0_f32; 16];
-        let mut chunks = xs.chunks_exact(16);
-        for chunk in &mut chunks {
-            for (a, &x) in acc.iter_mut().zip(chunk) {
-                *a += f(x);
-            }
-        }
-        let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
-        acc.iter().sum::<f32>() + tail
-    }
-}
-
-/// `(Σ f(x, g), Σ h(x, g))` over two blocks of the same length, with
-/// [`lane_sum`]'s sixteen lanes for each.
-#[inline(always)]
-fn lane_sums2(
-    xs: &[f32],
-    gs: &[f32],
-    f: impl Fn(f32, f32) -> f32,
-    h: impl Fn(f32, f32) -> f32,
-) -> (f32, f32) {
-    if xs.len() < 16 {
-        let pairs = xs.iter().zip(gs);
-        return pairs.fold((0.0, 0.0), |(a, b), (&x, &g)| (a + f(x, g), b + h(x, g)));
-    }
-    lane_sums2_wide(xs, gs, &f, &h)
-}
-
-multiversioned! {
-    /// [`lane_sums2`] of blocks of at least 16 values, compiled per vector
-    /// width.
-    fn lane_sums2_wide(
-        xs: &[f32],
-        gs: &[f32],
-        f: &impl Fn(f32, f32) -> f32,
-        h: &impl Fn(f32, f32) -> f32,
-    ) -> (f32, f32) {
-        let (mut acc_f, mut acc_h) = ([0.0_f32; 16], [0.0_f32; 16]);
-        let (mut x_chunks, mut g_chunks) = (xs.chunks_exact(16), gs.chunks_exact(16));
-        for (xc, gc) in (&mut x_chunks).zip(&mut g_chunks) {
-            for l in 0..16 {
-                acc_f[l] += f(xc[l], gc[l]);
-                acc_h[l] += h(xc[l], gc[l]);
-            }
-        }
-        let (mut tail_f, mut tail_h) = (0.0_f32, 0.0_f32);
-        for (&x, &g) in x_chunks.remainder().iter().zip(g_chunks.remainder()) {
-            tail_f += f(x, g);
-            tail_h += h(x, g);
-        }
-        (
-            acc_f.iter().sum::<f32>() + tail_f,
-            acc_h.iter().sum::<f32>() + tail_h,
-        )
-    }
 }
 
 multiversioned! {
@@ -302,29 +387,12 @@ multiversioned! {
 /// Per-channel mean and biased variance: two passes (the second sums
 /// squared deviations from the mean, which loses no precision to
 /// cancellation), block sums in `f32` lanes, channel totals in `f64`.
-fn channel_moments(x: &[f32], (n, c, s): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
-    let m = (n * s) as f64;
-    let block = |i: usize| &x[i * s..][..s];
-    // After a fully connected layer (s = 1) a block is one value, whose
-    // lane sum is that value: the same sums, without slicing out blocks.
-    let (sum, _) = if s == 1 {
-        channel_sums(n, c, |_, i| (f64::from(x[i]), 0.0))
-    } else {
-        channel_sums(n, c, |_, i| (f64::from(lane_sum(block(i), |v| v)), 0.0))
-    };
+fn channel_moments(x: &[f32], layout: (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
+    let m = (layout.0 * layout.2) as f64;
+    let [sum] = channel_sums(layout, [], [x], |[], [v]| [v]);
     let mean: Vec<f32> = sum.iter().map(|v| (v / m) as f32).collect();
-    let (sq, _) = if s == 1 {
-        channel_sums(n, c, |ch, i| {
-            let d = x[i] - mean[ch];
-            (f64::from(d * d), 0.0)
-        })
-    } else {
-        channel_sums(n, c, |ch, i| {
-            let mu = mean[ch];
-            (f64::from(lane_sum(block(i), |v| (v - mu) * (v - mu))), 0.0)
-        })
-    };
-    (mean, sq.iter().map(|v| (v / m) as f32).collect())
+    let [squares] = channel_sums(layout, [&mean], [x], |[mu], [v]| [(v - mu) * (v - mu)]);
+    (mean, squares.iter().map(|v| (v / m) as f32).collect())
 }
 
 // ANCHOR: fused
@@ -350,7 +418,8 @@ pub fn batch_norm_fused(
 ) -> Result<Tensor> {
     let shape = x.shape();
     check_per_channel(&shape, affine, &mean, &inv_std)?;
-    let (n, c, s) = channel_layout(&shape);
+    let layout = channel_layout(&shape);
+    let (n, c, s) = layout;
     let (scale, shift): (Vec<f32>, Vec<f32>) = match affine {
         Some((g, b)) => (
             g.value().iter().zip(&inv_std).map(|(g, i)| g * i).collect(),
@@ -364,12 +433,7 @@ pub fn batch_norm_fused(
         let x = x.as_standard_layout();
         let x = x.as_slice().expect("standard layout");
         let offset: Vec<f32> = (0..c).map(|ch| shift[ch] - scale[ch] * mean[ch]).collect();
-        build_blocks(x.len(), s, c, |ch, i, block| {
-            let (a, b) = (scale[ch], offset[ch]);
-            for (v, &xv) in block.iter_mut().zip(&x[i * s..]) {
-                v.write(a * xv + b);
-            }
-        })
+        channel_map(layout, [&scale, &offset], [x], |[a, b], [x]| a * x + b)
     };
     let y = ArrayD::from_shape_vec(IxDyn(&shape), y).expect("sizes match");
 
@@ -382,32 +446,29 @@ pub fn batch_norm_fused(
         let x = x.as_slice().expect("standard layout");
         let g = ctx.grad.as_standard_layout();
         let g = g.as_slice().expect("standard layout");
-        let blocks = |i: usize| (&x[i * s..][..s], &g[i * s..][..s]); // (x, g) of block i
         // per channel: Σ g and Σ g·x̂
-        let (sum_g, sum_gx) = channel_sums(n, c, |ch, i| {
-            let (mu, inv) = (mean[ch], inv_std[ch]);
-            let (xb, gb) = blocks(i);
-            let (sg, sgx) = lane_sums2(xb, gb, |_, g| g, |x, g| g * (x - mu) * inv);
-            (f64::from(sg), f64::from(sgx))
-        });
-        let dx = ctx.needs(0).then(|| {
-            let m = (n * s) as f32;
-            let dx = build_blocks(x.len(), s, c, |ch, i, db| {
-                let (mu, inv, k) = (mean[ch], inv_std[ch], scale[ch]);
-                let (xb, gb) = blocks(i);
-                if batch_statistics {
-                    // ∂L/∂x = γ·inv/m · (m·g − Σg − x̂·Σg·x̂)
-                    let (sg, sgx) = ((sum_g[ch] as f32) / m, (sum_gx[ch] as f32) / m);
-                    for ((d, &xv), &gv) in db.iter_mut().zip(xb).zip(gb) {
-                        d.write(k * (gv - sg - (xv - mu) * inv * sgx));
-                    }
-                } else {
-                    // statistics are constants: ∂L/∂x = γ·inv·g
-                    for (d, &gv) in db.iter_mut().zip(gb) {
-                        d.write(k * gv);
-                    }
-                }
+        let [sum_g, sum_gx] =
+            channel_sums(layout, [&mean, &inv_std], [x, g], |[mu, inv], [x, g]| {
+                [g, g * (x - mu) * inv]
             });
+        let dx = ctx.needs(0).then(|| {
+            let dx = if batch_statistics {
+                // ∂L/∂x = γ·inv/m · (m·g − Σg − x̂·Σg·x̂)
+                let m = (n * s) as f32;
+                let over_m =
+                    |sums: &[f64]| -> Vec<f32> { sums.iter().map(|&v| v as f32 / m).collect() };
+                let (mean_g, mean_gx) = (over_m(&sum_g), over_m(&sum_gx));
+                let per_channel: [&[f32]; 5] = [&scale, &mean_g, &mean_gx, &mean, &inv_std];
+                channel_map(
+                    layout,
+                    per_channel,
+                    [x, g],
+                    |[k, sg, sgx, mu, inv], [x, g]| k * (g - sg - (x - mu) * inv * sgx),
+                )
+            } else {
+                // statistics are constants: ∂L/∂x = γ·inv·g
+                channel_map(layout, [&scale], [g], |[k], [g]| k * g)
+            };
             ArrayD::from_shape_vec(IxDyn(&shape), dx).expect("sizes match")
         });
         let to_array = |v: &[f64]| {
