@@ -365,6 +365,10 @@ fn with_im2col_scratch<R>(g: &Geometry, f: impl FnOnce(&mut [f32], &mut [f32]) -
     })
 }
 
+/// Values of the output gradient summed per parallel task of the bias
+/// gradient (whole planes, at least one).
+const PLANE_SUM_VALUES: usize = 8192;
+
 /// Images per work item of the weight-gradient sum. Fixed (not derived
 /// from the thread count), so the floating-point sum is always taken in
 /// the same order and training is bit-for-bit reproducible.
@@ -551,9 +555,21 @@ impl Tensor {
             let mut grads = vec![dx, dw];
             if ctx.inputs.len() == 3 {
                 grads.push(ctx.needs(2).then(|| {
+                    // each output plane's sum on any thread, then the planes
+                    // added per kernel in image order (the same bits on any
+                    // number of threads)
+                    let mut plane_sums = vec![0.0_f32; g.n * o];
+                    let per_task = (PLANE_SUM_VALUES / positions).max(1);
+                    let tasks = plane_sums.par_chunks_mut(per_task).enumerate();
+                    tasks.for_each(|(task, sums)| {
+                        for (j, sum) in sums.iter_mut().enumerate() {
+                            let plane = task * per_task + j;
+                            *sum = kernels::sum(&grad[plane * positions..][..positions]);
+                        }
+                    });
                     let mut db = vec![0.0_f32; o];
-                    for (row, d) in grad.chunks_exact(positions).zip((0..o).cycle()) {
-                        db[d] += kernels::sum(row);
+                    for (&plane_sum, d) in plane_sums.iter().zip((0..o).cycle()) {
+                        db[d] += plane_sum;
                     }
                     ArrayD::from_shape_vec(IxDyn(&[o]), db).expect("o values")
                 }));

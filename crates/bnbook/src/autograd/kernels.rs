@@ -104,11 +104,11 @@ impl Plan {
     }
 
     /// Where the first `K` operands' values for the piece starting `within`
-    /// values into block `b` begin: contiguous operands start `within` into
-    /// their block, constant ones have their single value at the block's
-    /// offset.
-    fn piece_starts<const K: usize>(&self, b: usize, within: usize) -> [usize; K] {
-        let mut starts = self.offsets::<K>(b);
+    /// values into a block begin, given the block's offsets: contiguous
+    /// operands start `within` into their block, constant ones have their
+    /// single value at the block's offset.
+    fn piece_starts<const K: usize>(&self, block: [usize; K], within: usize) -> [usize; K] {
+        let mut starts = block;
         for (start, operand) in starts.iter_mut().zip(&self.operands) {
             if operand.contiguous {
                 *start += within;
@@ -132,6 +132,59 @@ impl Plan {
             }
         }
         offsets
+    }
+}
+
+/// The start offsets of consecutive blocks of a [`Plan`] in its first `K`
+/// operands. Only the first block's are found by division (one per outer
+/// axis); each next block's come from counting along the outer axes like an
+/// odometer. A division costs more cycles than the work on a 64-value block
+/// (batch norm after LeNet's second convolution), so a division per block
+/// was a noticeable part of such operations.
+struct Blocks<'p, const K: usize> {
+    plan: &'p Plan,
+    /// The current block's index along each outer axis.
+    index: Vec<usize>,
+    /// The current block's start in each operand.
+    offsets: [usize; K],
+}
+
+impl<'p, const K: usize> Blocks<'p, K> {
+    /// The walk from block `first` on.
+    fn starting_at(plan: &'p Plan, first: usize) -> Self {
+        let mut index = vec![0; plan.outer_shape.len()];
+        let mut rest = first;
+        for (i, &n) in index.iter_mut().zip(&plan.outer_shape).rev() {
+            *i = rest % n;
+            rest /= n;
+        }
+        Blocks {
+            plan,
+            index,
+            offsets: plan.offsets(first),
+        }
+    }
+
+    /// Moves on to the next block (past the last one it starts over).
+    #[inline]
+    fn advance(&mut self) {
+        for axis in (0..self.index.len()).rev() {
+            let n = self.plan.outer_shape[axis];
+            self.index[axis] += 1;
+            let wraps = self.index[axis] == n;
+            for (offset, operand) in self.offsets.iter_mut().zip(&self.plan.operands) {
+                let stride = operand.outer_strides[axis];
+                if wraps {
+                    *offset -= stride * (n - 1);
+                } else {
+                    *offset += stride;
+                }
+            }
+            if !wraps {
+                return;
+            }
+            self.index[axis] = 0;
+        }
     }
 }
 
@@ -347,25 +400,34 @@ pub(crate) fn build_from_zeros(
     })
 }
 
-/// A vector of `len` values laid out in `block`-sized blocks, produced
-/// piece by piece: `fill(b, within, piece)` must write every element of
-/// `piece`, which holds the output values `within .. within + piece.len()`
-/// of block `b`. Pieces never cross a block boundary, and a large block
-/// (an operation on two full-size arrays is one block of the whole output)
-/// is cut into several pieces, so that it is still shared among threads.
-fn build_blocked(
+/// A vector of `len` values laid out in the blocks of `plan`, produced
+/// piece by piece: `fill(starts, at, piece)` must write every element of
+/// `piece`, which holds the output values `at .. at + piece.len()`, and
+/// `starts` says where the first `K` operands' values for it begin
+/// ([`Plan::piece_starts`]). Pieces never cross a block boundary, and a
+/// large block (an operation on two full-size arrays is one block of the
+/// whole output) is cut into several pieces, so that it is still shared
+/// among threads.
+fn build_blocked<const K: usize>(
     len: usize,
-    block: usize,
-    fill: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Sync,
+    plan: &Plan,
+    fill: impl Fn([usize; K], usize, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
-    build(len, VALUES_PER_TASK, |index, mut dst| {
-        let mut at = index * VALUES_PER_TASK;
+    let block = plan.block;
+    build(len, VALUES_PER_TASK, |task, mut dst| {
+        let mut at = task * VALUES_PER_TASK;
+        let mut within = at % block;
+        let mut blocks = Blocks::<K>::starting_at(plan, at / block);
         while !dst.is_empty() {
-            let (b, within) = (at / block, at % block);
             let n = (block - within).min(dst.len());
             let (piece, rest) = dst.split_at_mut(n);
-            fill(b, within, piece);
+            fill(plan.piece_starts(blocks.offsets, within), at, piece);
             (at, dst) = (at + n, rest);
+            within += n;
+            if within == block {
+                blocks.advance();
+                within = 0;
+            }
         }
     })
 }
@@ -382,10 +444,8 @@ pub(super) fn zip_with(
     let (xs, ys) = (&*xs, &*ys);
     let len: usize = out.iter().product();
     let (ca, cb) = (plan.operands[0].contiguous, plan.operands[1].contiguous);
-    let block = plan.block;
-    let result = build_blocked(len, block, |index, within, dst| {
+    let result = build_blocked(len, &plan, |[oa, ob], _, dst| {
         let n = dst.len();
-        let [oa, ob] = plan.piece_starts(index, within);
         let xs = &xs[oa..][..if ca { n } else { 1 }];
         let ys = &ys[ob..][..if cb { n } else { 1 }];
         zip_piece(dst, xs, ys, &f);
@@ -513,18 +573,20 @@ pub(super) fn broadcast_to(a: &ArrayD<f32>, out: &[usize]) -> ArrayD<f32> {
     zip_with(a, &zero, out, |x, _| x)
 }
 
-/// Sum of a slice with eight independent accumulators: vectorisable, and
-/// more accurate than one running total.
-pub(super) fn sum(xs: &[f32]) -> f32 {
-    let mut acc = [0.0_f32; 8];
-    let chunks = xs.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += x;
+multiversioned! {
+    /// Sum of a slice with eight independent accumulators: vectorisable, and
+    /// more accurate than one running total.
+    pub(super) fn sum(xs: &[f32]) -> f32 {
+        let mut acc = [0.0_f32; 8];
+        let chunks = xs.chunks_exact(8);
+        let tail: f32 = chunks.remainder().iter().sum();
+        for c in chunks {
+            for (a, &x) in acc.iter_mut().zip(c) {
+                *a += x;
+            }
         }
+        acc.iter().sum::<f32>() + tail
     }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `Σ f(a, b, c)` over the broadcast shape `out`, summed down to `target`
@@ -600,11 +662,8 @@ pub(super) fn zip3(
     let (xg, xa, xb) = (contiguous(g), contiguous(a), contiguous(b));
     let (xg, xa, xb) = (&*xg, &*xa, &*xb);
     let (ca, cb) = (plan.operands[0].contiguous, plan.operands[1].contiguous);
-    let block = plan.block;
-    let result = build_blocked(xg.len(), block, |index, within, dst| {
+    let result = build_blocked(xg.len(), &plan, |[oa, ob], og, dst| {
         let n = dst.len();
-        let [oa, ob] = plan.piece_starts(index, within);
-        let og = index * block + within;
         let gs = &xg[og..og + n];
         let xa = &xa[oa..][..if ca { n } else { 1 }];
         let xb = &xb[ob..][..if cb { n } else { 1 }];
@@ -665,8 +724,10 @@ multiversioned! {
     ) {
         let [xa, xb, xc] = operands;
         let block = plan.block;
-        for index in blocks {
-            let [oa, ob, oc, ot] = plan.offsets(index);
+        let mut walk = Blocks::starting_at(plan, blocks.start);
+        for _ in blocks {
+            let [oa, ob, oc, ot] = walk.offsets;
+            walk.advance();
             // each operand's values for this block: `block` of them, or one constant
             let (xa, xb, xc) = (
                 &xa[oa..][..(block - 1) * SA + 1],
@@ -772,8 +833,9 @@ mod tests {
     /// values), whole rows per block, several groups of blocks (parallel).
     #[test]
     fn reductions_match_plain_sums() {
-        let cases: [(&[usize], &[usize], &[usize]); 6] = [
+        let cases: [(&[usize], &[usize], &[usize]); 7] = [
             (&[256, 6, 24, 24], &[1, 6, 1, 1], &[1, 6, 1, 1]),
+            (&[9, 3, 4, 500], &[9, 1, 4, 1], &[9, 1, 4, 1]),
             (&[4, 3, 5, 5], &[1, 3, 1, 1], &[1, 3, 1, 1]),
             (&[300, 120], &[120], &[1, 120]),
             (&[3, 20_000], &[3, 1], &[3, 1]),
@@ -825,8 +887,11 @@ mod tests {
     /// (two full-size operands), broadcasting on either side.
     #[test]
     fn element_wise_kernels_match_plain_broadcasting() {
-        let cases: [(&[usize], &[usize]); 7] = [
+        let cases: [(&[usize], &[usize]); 8] = [
             (&[4, 3, 5, 5], &[1, 3, 1, 1]),
+            // three outer axes, the middle one broadcast: the block walk
+            // carries over two axes, and tasks start inside blocks
+            (&[9, 3, 4, 500], &[9, 1, 4, 1]),
             (&[256, 6, 24, 24], &[1, 6, 1, 1]),
             (&[256, 16, 8, 8], &[256, 16, 8, 8]),
             (&[300, 120], &[120]),
