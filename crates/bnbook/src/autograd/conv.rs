@@ -365,10 +365,6 @@ fn with_im2col_scratch<R>(g: &Geometry, f: impl FnOnce(&mut [f32], &mut [f32]) -
     })
 }
 
-/// Values of the output gradient summed per parallel task of the bias
-/// gradient (whole planes, at least one).
-const PLANE_SUM_VALUES: usize = 8192;
-
 /// Images per work item of the weight-gradient sum. Fixed (not derived
 /// from the thread count), so the floating-point sum is always taken in
 /// the same order and training is bit-for-bit reproducible.
@@ -559,7 +555,7 @@ impl Tensor {
                     // added per kernel in image order (the same bits on any
                     // number of threads)
                     let mut plane_sums = vec![0.0_f32; g.n * o];
-                    let per_task = (PLANE_SUM_VALUES / positions).max(1);
+                    let per_task = (kernels::VALUES_PER_TASK / positions).max(1);
                     let tasks = plane_sums.par_chunks_mut(per_task).enumerate();
                     tasks.for_each(|(task, sums)| {
                         for (j, sum) in sums.iter_mut().enumerate() {

@@ -18,8 +18,9 @@ use std::mem::MaybeUninit;
 const PARALLEL_THRESHOLD: usize = 1 << 15;
 
 /// Values per parallel task of [`for_each_chunk`] when chunks are small,
-/// and per piece of [`build_blocked`].
-const VALUES_PER_TASK: usize = 1 << 13;
+/// and per piece of [`build_blocked`] (and of the convolution's bias
+/// gradient).
+pub(super) const VALUES_PER_TASK: usize = 1 << 13;
 
 /// How one operand is laid out relative to the output.
 #[derive(Clone, Debug)]
@@ -116,23 +117,6 @@ impl Plan {
         }
         starts
     }
-
-    /// Start offsets of block `b` in the first `K` operands. The block's
-    /// index along each outer axis is found once (one division per axis) and
-    /// serves every operand.
-    #[inline]
-    fn offsets<const K: usize>(&self, mut b: usize) -> [usize; K] {
-        let mut offsets = [0; K];
-        for axis in (0..self.outer_shape.len()).rev() {
-            let n = self.outer_shape[axis];
-            let index = b % n;
-            b /= n;
-            for (offset, operand) in offsets.iter_mut().zip(&self.operands) {
-                *offset += index * operand.outer_strides[axis];
-            }
-        }
-        offsets
-    }
 }
 
 /// The start offsets of consecutive blocks of a [`Plan`] in its first `K`
@@ -150,18 +134,23 @@ struct Blocks<'p, const K: usize> {
 }
 
 impl<'p, const K: usize> Blocks<'p, K> {
-    /// The walk from block `first` on.
+    /// The walk from block `first` on: its index along each outer axis (one
+    /// division per axis), which gives its offset in every operand.
     fn starting_at(plan: &'p Plan, first: usize) -> Self {
-        let mut index = vec![0; plan.outer_shape.len()];
+        let (mut index, mut offsets) = (vec![0; plan.outer_shape.len()], [0; K]);
         let mut rest = first;
-        for (i, &n) in index.iter_mut().zip(&plan.outer_shape).rev() {
-            *i = rest % n;
+        for axis in (0..index.len()).rev() {
+            let n = plan.outer_shape[axis];
+            index[axis] = rest % n;
             rest /= n;
+            for (offset, operand) in offsets.iter_mut().zip(&plan.operands) {
+                *offset += index[axis] * operand.outer_strides[axis];
+            }
         }
         Blocks {
             plan,
             index,
-            offsets: plan.offsets(first),
+            offsets,
         }
     }
 
