@@ -402,23 +402,47 @@ fn build_blocked<const K: usize>(
     plan: &Plan,
     fill: impl Fn([usize; K], usize, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
-    let block = plan.block;
-    build(len, VALUES_PER_TASK, |task, mut dst| {
-        let mut at = task * VALUES_PER_TASK;
-        let mut within = at % block;
-        let mut blocks = Blocks::<K>::starting_at(plan, at / block);
-        while !dst.is_empty() {
-            let n = (block - within).min(dst.len());
-            let (piece, rest) = dst.split_at_mut(n);
-            fill(plan.piece_starts(blocks.offsets, within), at, piece);
-            (at, dst) = (at + n, rest);
-            within += n;
-            if within == block {
-                blocks.advance();
-                within = 0;
-            }
-        }
+    build(len, VALUES_PER_TASK, |task, dst| {
+        for_each_piece(plan, task * VALUES_PER_TASK, dst, &fill);
     })
+}
+
+/// Like [`build_blocked`], for an output that already holds values:
+/// `update(starts, at, piece)` changes the values `at .. at + piece.len()`
+/// of `out` in place.
+fn update_blocked<const K: usize>(
+    out: &mut [f32],
+    plan: &Plan,
+    update: impl Fn([usize; K], usize, &mut [f32]) + Sync,
+) {
+    for_each_chunk(out, VALUES_PER_TASK, |task, dst| {
+        for_each_piece(plan, task * VALUES_PER_TASK, dst, &update);
+    });
+}
+
+/// Cuts `dst`, the output values from `at` on, at the block boundaries of
+/// `plan` and calls `f(starts, at, piece)` for each piece.
+#[inline(always)]
+fn for_each_piece<const K: usize, T>(
+    plan: &Plan,
+    mut at: usize,
+    mut dst: &mut [T],
+    f: &impl Fn([usize; K], usize, &mut [T]),
+) {
+    let block = plan.block;
+    let mut within = at % block;
+    let mut blocks = Blocks::<K>::starting_at(plan, at / block);
+    while !dst.is_empty() {
+        let n = (block - within).min(dst.len());
+        let (piece, rest) = dst.split_at_mut(n);
+        f(plan.piece_starts(blocks.offsets, within), at, piece);
+        (at, dst) = (at + n, rest);
+        within += n;
+        if within == block {
+            blocks.advance();
+            within = 0;
+        }
+    }
 }
 
 /// `f(a, b)` with NumPy broadcasting into an array of shape `out`.
@@ -659,6 +683,67 @@ pub(super) fn zip3(
         zip3_piece(dst, gs, xa, xb, &f);
     });
     ArrayD::from_shape_vec(g.raw_dim(), result).expect("sizes match")
+}
+
+/// `acc += f(g, a, b)` element-wise, where `g`, `a` and `b` broadcast to
+/// `acc`'s shape: a full-size gradient added straight into the gradient a
+/// tensor has gathered so far ([`BackwardContext::add_into`]), in one pass.
+/// Each value is `f(…)` rounded to `f32` and then added, exactly as when
+/// [`zip3`] writes `f(…)` to a new array that [`add_assign`] then adds.
+///
+/// [`BackwardContext::add_into`]: super::BackwardContext::add_into
+pub(super) fn add_zip3(
+    acc: &mut ArrayD<f32>,
+    [g, a, b]: [&ArrayD<f32>; 3],
+    f: impl Fn(f32, f32, f32) -> f32 + Sync,
+) {
+    let plan = Plan::new(acc.shape(), &[g.shape(), a.shape(), b.shape()]);
+    let (xg, xa, xb) = (contiguous(g), contiguous(a), contiguous(b));
+    let (xg, xa, xb) = (&*xg, &*xa, &*xb);
+    let full = |i: usize| plan.operands[i].contiguous;
+    let (cg, ca, cb) = (full(0), full(1), full(2));
+    let out = acc
+        .as_slice_mut()
+        .expect("gradients are kept in standard layout");
+    update_blocked(out, &plan, |[og, oa, ob], _, dst| {
+        let n = dst.len();
+        let len = |c: bool| if c { n } else { 1 };
+        let (xg, xa, xb) = (
+            &xg[og..][..len(cg)],
+            &xa[oa..][..len(ca)],
+            &xb[ob..][..len(cb)],
+        );
+        macro_rules! with_strides {
+            ($($sg:literal $sa:literal $sb:literal),*) => {
+                match (usize::from(cg), usize::from(ca), usize::from(cb)) {
+                    $(($sg, $sa, $sb) => add_piece::<$sg, $sa, $sb>(dst, [xg, xa, xb], &f),)*
+                    _ => unreachable!("strides are 0 or 1"),
+                }
+            };
+        }
+        with_strides!(0 0 0, 0 0 1, 0 1 0, 0 1 1, 1 0 0, 1 0 1, 1 1 0, 1 1 1);
+    });
+}
+
+multiversioned! {
+    /// One piece of [`add_zip3`] for fixed strides (1: one value per output
+    /// value, 0: a single constant).
+    fn add_piece<const SG: usize, const SA: usize, const SB: usize>(
+        acc: &mut [f32],
+        operands: [&[f32]; 3],
+        f: &impl Fn(f32, f32, f32) -> f32,
+    ) {
+        let [xg, xa, xb] = operands;
+        let n = acc.len();
+        let (xg, xa, xb) = (
+            &xg[..(n - 1) * SG + 1],
+            &xa[..(n - 1) * SA + 1],
+            &xb[..(n - 1) * SB + 1],
+        );
+        for (i, v) in acc.iter_mut().enumerate() {
+            *v += f(xg[i * SG], xa[i * SA], xb[i * SB]);
+        }
+    }
 }
 
 multiversioned! {
@@ -907,6 +992,18 @@ mod tests {
                 expected,
                 "{sa:?} {sb:?}"
             );
+            // adding into a gradient in one pass gives the bits of writing
+            // the term to a new array and adding that; also with the first
+            // operand broadcast (the backward pass of a sum)
+            for g in [g, filled(sb, 7)] {
+                let mut fused = filled(&out, 8);
+                super::add_zip3(&mut fused, [&g, &a, &b], |g, x, y| g * x - y);
+                let mut two_passes = filled(&out, 8);
+                let g_full = super::broadcast_to(&g, &out);
+                let term = super::zip3(&g_full, &a, &b, |g, x, y| g * x - y);
+                super::add_assign(&mut two_passes, &term);
+                assert_eq!(fused, two_passes, "{sa:?} {sb:?} g {:?}", g.shape());
+            }
         }
     }
 

@@ -56,7 +56,11 @@ fn grad_of(
     let (g, a, b) = (ctx.grad, ctx.input(0), ctx.input(1));
     let shape = ctx.input(i).shape();
     Some(if shape == g.shape() {
-        // full size: one fused element-wise pass
+        // full size: one fused element-wise pass, straight into the gradient
+        // the input has gathered so far if it has one
+        if ctx.add_into(i, |acc| kernels::add_zip3(acc, [g, a, b], &rule)) {
+            return None;
+        }
         kernels::zip3(g, a, b, rule)
     } else {
         // broadcast input: sum the rule over the copies without a temporary
@@ -249,6 +253,10 @@ impl Tensor {
                 .to_shape(IxDyn(&kept))
                 .expect("same size")
                 .into_owned();
+            // added straight into the input's gradient if it has one
+            if ctx.add_into(0, |acc| kernels::add_zip3(acc, [&g, &g, &g], |g, _, _| g)) {
+                return vec![None];
+            }
             vec![Some(kernels::broadcast_to(&g, &in_shape))]
         })
     }
