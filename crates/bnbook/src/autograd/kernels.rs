@@ -694,29 +694,39 @@ pub(super) fn zip3(
 /// [`BackwardContext::add_into`]: super::BackwardContext::add_into
 pub(super) fn add_zip3(
     acc: &mut ArrayD<f32>,
-    [g, a, b]: [&ArrayD<f32>; 3],
+    operands: [&ArrayD<f32>; 3],
     f: impl Fn(f32, f32, f32) -> f32 + Sync,
 ) {
-    let plan = Plan::new(acc.shape(), &[g.shape(), a.shape(), b.shape()]);
-    let (xg, xa, xb) = (contiguous(g), contiguous(a), contiguous(b));
-    let (xg, xa, xb) = (&*xg, &*xa, &*xb);
+    update_zip3(acc, operands, |acc, g, a, b| acc + f(g, a, b));
+}
+
+/// `out = f(out, x, y, z)` element-wise, in place, where `x`, `y` and `z`
+/// broadcast to `out`'s shape (standard layout).
+pub(super) fn update_zip3(
+    out: &mut ArrayD<f32>,
+    [x, y, z]: [&ArrayD<f32>; 3],
+    f: impl Fn(f32, f32, f32, f32) -> f32 + Sync,
+) {
+    let plan = Plan::new(out.shape(), &[x.shape(), y.shape(), z.shape()]);
+    let (xs, ys, zs) = (contiguous(x), contiguous(y), contiguous(z));
+    let (xs, ys, zs) = (&*xs, &*ys, &*zs);
     let full = |i: usize| plan.operands[i].contiguous;
-    let (cg, ca, cb) = (full(0), full(1), full(2));
-    let out = acc
+    let (cx, cy, cz) = (full(0), full(1), full(2));
+    let out = out
         .as_slice_mut()
-        .expect("gradients are kept in standard layout");
-    update_blocked(out, &plan, |[og, oa, ob], _, dst| {
+        .expect("update_zip3: the output must be in standard layout");
+    update_blocked(out, &plan, |[ox, oy, oz], _, dst| {
         let n = dst.len();
         let len = |c: bool| if c { n } else { 1 };
-        let (xg, xa, xb) = (
-            &xg[og..][..len(cg)],
-            &xa[oa..][..len(ca)],
-            &xb[ob..][..len(cb)],
+        let (xs, ys, zs) = (
+            &xs[ox..][..len(cx)],
+            &ys[oy..][..len(cy)],
+            &zs[oz..][..len(cz)],
         );
         macro_rules! with_strides {
-            ($($sg:literal $sa:literal $sb:literal),*) => {
-                match (usize::from(cg), usize::from(ca), usize::from(cb)) {
-                    $(($sg, $sa, $sb) => add_piece::<$sg, $sa, $sb>(dst, [xg, xa, xb], &f),)*
+            ($($sx:literal $sy:literal $sz:literal),*) => {
+                match (usize::from(cx), usize::from(cy), usize::from(cz)) {
+                    $(($sx, $sy, $sz) => update_piece::<$sx, $sy, $sz>(dst, [xs, ys, zs], &f),)*
                     _ => unreachable!("strides are 0 or 1"),
                 }
             };
@@ -726,22 +736,22 @@ pub(super) fn add_zip3(
 }
 
 multiversioned! {
-    /// One piece of [`add_zip3`] for fixed strides (1: one value per output
-    /// value, 0: a single constant).
-    fn add_piece<const SG: usize, const SA: usize, const SB: usize>(
-        acc: &mut [f32],
+    /// One piece of [`update_zip3`] for fixed strides (1: one value per
+    /// output value, 0: a single constant).
+    fn update_piece<const SX: usize, const SY: usize, const SZ: usize>(
+        out: &mut [f32],
         operands: [&[f32]; 3],
-        f: &impl Fn(f32, f32, f32) -> f32,
+        f: &impl Fn(f32, f32, f32, f32) -> f32,
     ) {
-        let [xg, xa, xb] = operands;
-        let n = acc.len();
-        let (xg, xa, xb) = (
-            &xg[..(n - 1) * SG + 1],
-            &xa[..(n - 1) * SA + 1],
-            &xb[..(n - 1) * SB + 1],
+        let [xs, ys, zs] = operands;
+        let n = out.len();
+        let (xs, ys, zs) = (
+            &xs[..(n - 1) * SX + 1],
+            &ys[..(n - 1) * SY + 1],
+            &zs[..(n - 1) * SZ + 1],
         );
-        for (i, v) in acc.iter_mut().enumerate() {
-            *v += f(xg[i * SG], xa[i * SA], xb[i * SB]);
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = f(*v, xs[i * SX], ys[i * SY], zs[i * SZ]);
         }
     }
 }

@@ -606,6 +606,16 @@ mod tests {
             1.0 + (t + t),
             "the test can tell orders apart"
         );
+        // x·x with no gradient yet: g·x + g·x, as two separate factors give
+        let z = Tensor::parameter(array![0.3_f32, -1.7, 2.9].into_dyn());
+        let w = Tensor::new(array![1.1_f32, 0.7, -0.13].into_dyn());
+        (&z * &z).mul(&w).sum_all().backward();
+        let (a, b) = (
+            Tensor::parameter(z.value().clone()),
+            Tensor::parameter(z.value().clone()),
+        );
+        (&a * &b).mul(&w).sum_all().backward();
+        assert_eq!(z.grad().unwrap(), a.grad().unwrap() + b.grad().unwrap());
         // x − x: the first operand's gradient is handed on (the engine adds
         // it after the rule), so the second must wait for it, not go first
         assert_eq!(from_one((&x - &x).mul(&k).sum_all()), (1.0 + t) - t);

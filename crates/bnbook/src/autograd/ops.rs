@@ -115,6 +115,9 @@ impl Tensor {
     /// # Panics
     /// If the shapes cannot be broadcast together.
     pub fn mul(&self, other: &Tensor) -> Tensor {
+        if self.same_node(other) {
+            return self.times_itself(); // x·x: both gradients in one pass
+        }
         let y = zip_broadcast("mul", &self.value(), &other.value(), |a, b| a * b);
         // y = a·b:  ∂y/∂a = b, ∂y/∂b = a
         Tensor::from_op("mul", y, &[self, other], |ctx| {
@@ -125,6 +128,29 @@ impl Tensor {
         })
     }
     // ANCHOR_END: mul
+
+    /// `x·x`, which [`mul`](Self::mul) computes when both operands are the
+    /// same tensor (batch norm's `centered * centered`). The values are
+    /// those of `mul`, and so is the gradient, `∂L/∂x = g·x + g·x` (one term
+    /// per factor), but both terms reach `x` in one pass: added to the
+    /// gradient `x` has gathered so far as `(acc + g·x) + g·x`, the order
+    /// and rounding of two separate passes, so the same bits.
+    fn times_itself(&self) -> Tensor {
+        let y = kernels::map(&self.value(), |x| x * x);
+        Tensor::from_op("mul", y, &[self, self], |ctx| {
+            if !ctx.needs(0) {
+                return vec![None, None];
+            }
+            let (g, x) = (ctx.grad, ctx.input(0));
+            let both = |acc: &mut ArrayD<f32>| {
+                kernels::update_zip3(acc, [g, x, x], |acc, g, x, _| (acc + g * x) + g * x);
+            };
+            if ctx.add_into(0, both) {
+                return vec![None, None];
+            }
+            vec![Some(kernels::zip3(g, x, x, |g, x, _| g * x + g * x)), None]
+        })
+    }
 
     // ANCHOR: div
     /// Element-wise `self / other`, broadcasting like NumPy.
