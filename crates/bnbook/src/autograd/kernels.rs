@@ -608,9 +608,51 @@ multiversioned! {
 /// smaller operand: e.g. `∂L/∂γ = Σ g·x̂` over batch and pixels.
 pub(super) fn reduce_zip3(
     out: &[usize],
-    [a, b, c]: [&ArrayD<f32>; 3],
+    operands: [&ArrayD<f32>; 3],
     target: &[usize],
     f: impl Fn(f32, f32, f32) -> f32 + Sync,
+) -> ArrayD<f32> {
+    reduce_groups::<false>(out, operands, target, &f, &|_, _, _| 0.0, &mut [])
+}
+
+/// [`reduce_zip3`]`(g.shape(), [g, a, b], target, f)` and, in the same pass
+/// over the values, [`zip3`]`(g, a, b, h)`: the gradients of a binary
+/// operation's broadcast input and of its full-size one, reading `g` and
+/// the operands once for both. The same values, to the last bit, as the two
+/// separate calls (the sums run over the same blocks in the same groups).
+pub(super) fn reduce_zip3_and_zip3(
+    [g, a, b]: [&ArrayD<f32>; 3],
+    target: &[usize],
+    f: impl Fn(f32, f32, f32) -> f32 + Sync,
+    h: impl Fn(f32, f32, f32) -> f32 + Sync,
+) -> (ArrayD<f32>, ArrayD<f32>) {
+    let len = g.len();
+    let mut full: Vec<f32> = Vec::with_capacity(len);
+    let sums = reduce_groups::<true>(
+        g.shape(),
+        [g, a, b],
+        target,
+        &f,
+        &h,
+        &mut full.spare_capacity_mut()[..len],
+    );
+    // SAFETY: with `WRITE`, `reduce_groups` writes `h(…)` to every value of
+    // each block it walks, and the blocks cover the whole output.
+    unsafe { full.set_len(len) };
+    let full = ArrayD::from_shape_vec(g.raw_dim(), full).expect("sizes match");
+    (sums, full)
+}
+
+/// The loops of [`reduce_zip3`], and with `WRITE` also of
+/// [`reduce_zip3_and_zip3`], which writes `h(…)` for every output value
+/// to `written` (the whole output, in standard layout).
+fn reduce_groups<const WRITE: bool>(
+    out: &[usize],
+    [a, b, c]: [&ArrayD<f32>; 3],
+    target: &[usize],
+    f: &(impl Fn(f32, f32, f32) -> f32 + Sync),
+    h: &(impl Fn(f32, f32, f32) -> f32 + Sync),
+    written: &mut [MaybeUninit<f32>],
 ) -> ArrayD<f32> {
     let plan = Plan::new(out, &[a.shape(), b.shape(), c.shape(), target]);
     let (xa, xb, xc) = (contiguous(a), contiguous(b), contiguous(c));
@@ -630,7 +672,7 @@ pub(super) fn reduce_zip3(
     // parallel, yet the same bits on every run and every machine.
     let per_group = (PARALLEL_THRESHOLD / block.max(1)).max(1);
     let groups = blocks.div_ceil(per_group);
-    let sum_group_of = |group: usize| {
+    let sum_group_of = |group: usize, written: &mut [MaybeUninit<f32>]| {
         let mut partial = vec![0.0_f32; target_len];
         let range = group * per_group..((group + 1) * per_group).min(blocks);
         // One monomorphised loop per combination of contiguous (stride 1) and
@@ -638,8 +680,8 @@ pub(super) fn reduce_zip3(
         macro_rules! with_strides {
             ($($sa:literal $sb:literal $sc:literal),*) => {
                 match (sa, sb, sc) {
-                    $(($sa, $sb, $sc) => reduce_blocks::<$sa, $sb, $sc>(
-                        &plan, range, into_one, [&xa, &xb, &xc], &mut partial, &f),)*
+                    $(($sa, $sb, $sc) => reduce_blocks::<$sa, $sb, $sc, WRITE>(
+                        &plan, range, into_one, [&xa, &xb, &xc], &mut partial, f, h, written),)*
                     _ => unreachable!("strides are 0 or 1"),
                 }
             };
@@ -647,11 +689,29 @@ pub(super) fn reduce_zip3(
         with_strides!(0 0 0, 0 0 1, 0 1 0, 0 1 1, 1 0 0, 1 0 1, 1 1 0, 1 1 1);
         partial
     };
-    let sum_group = |group: usize| with_wide_vectors(|| sum_group_of(group));
-    let partials: Vec<Vec<f32>> = if groups > 1 {
-        (0..groups).into_par_iter().map(sum_group).collect()
-    } else {
-        (0..groups).map(sum_group).collect()
+    let sum_group = |(group, written): (usize, &mut [MaybeUninit<f32>])| {
+        with_wide_vectors(|| sum_group_of(group, written))
+    };
+    // each group's share of `written` (nothing without `WRITE`)
+    let share = if WRITE { per_group * block } else { 0 };
+    let partials: Vec<Vec<f32>> = match (groups > 1, WRITE) {
+        (true, true) => written
+            .par_chunks_mut(share)
+            .enumerate()
+            .map(sum_group)
+            .collect(),
+        (true, false) => (0..groups)
+            .into_par_iter()
+            .map(|group| sum_group((group, &mut [])))
+            .collect(),
+        (false, true) => written
+            .chunks_mut(share.max(1))
+            .enumerate()
+            .map(sum_group)
+            .collect(),
+        (false, false) => (0..groups)
+            .map(|group| sum_group((group, &mut [])))
+            .collect(),
     };
     let mut result = vec![0.0_f32; target_len];
     for partial in &partials {
@@ -797,19 +857,24 @@ multiversioned! {
 }
 
 multiversioned! {
-    /// The loops of [`reduce_zip3`] for fixed inner strides `SA`, `SB`, `SC`.
-    fn reduce_blocks<const SA: usize, const SB: usize, const SC: usize>(
+    /// The loops of [`reduce_zip3`] for fixed inner strides `SA`, `SB`, `SC`;
+    /// with `WRITE`, each value's `h(…)` also goes to `written`, which
+    /// starts at the first block of `blocks`.
+    #[allow(clippy::too_many_arguments)]
+    fn reduce_blocks<const SA: usize, const SB: usize, const SC: usize, const WRITE: bool>(
         plan: &Plan,
         blocks: std::ops::Range<usize>,
         into_one: bool,
         operands: [&[f32]; 3],
         result: &mut [f32],
         f: &impl Fn(f32, f32, f32) -> f32,
+        h: &impl Fn(f32, f32, f32) -> f32,
+        written: &mut [MaybeUninit<f32>],
     ) {
         let [xa, xb, xc] = operands;
         let block = plan.block;
         let mut walk = Blocks::starting_at(plan, blocks.start);
-        for _ in blocks {
+        for k in 0..blocks.len() {
             let [oa, ob, oc, ot] = walk.offsets;
             walk.advance();
             // each operand's values for this block: `block` of them, or one constant
@@ -818,6 +883,7 @@ multiversioned! {
                 &xb[ob..][..(block - 1) * SB + 1],
                 &xc[oc..][..(block - 1) * SC + 1],
             );
+            let dst = if WRITE { &mut written[k * block..][..block] } else { &mut [] };
             if into_one {
                 // the target is one number for the whole block: eight running
                 // sums (lane `l` takes values l, l + 8, l + 16, …), added at the end
@@ -832,14 +898,31 @@ multiversioned! {
                     for lane in 0..8 {
                         acc[lane] += f(a[lane], b[lane], c[lane]);
                     }
+                    if WRITE {
+                        let dst: &mut [MaybeUninit<f32>; 8] =
+                            (&mut dst[start..start + 8]).try_into().expect("eight values");
+                        for lane in 0..8 {
+                            dst[lane].write(h(a[lane], b[lane], c[lane]));
+                        }
+                    }
                 }
                 let tail: f32 = (full..block)
                     .map(|i| f(xa[i * SA], xb[i * SB], xc[i * SC]))
                     .sum();
+                if WRITE {
+                    for i in full..block {
+                        dst[i].write(h(xa[i * SA], xb[i * SB], xc[i * SC]));
+                    }
+                }
                 result[ot] += acc.iter().sum::<f32>() + tail;
             } else {
                 for (i, r) in result[ot..ot + block].iter_mut().enumerate() {
                     *r += f(xa[i * SA], xb[i * SB], xc[i * SC]);
+                }
+                if WRITE {
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        d.write(h(xa[i * SA], xb[i * SB], xc[i * SC]));
+                    }
                 }
             }
         }
@@ -931,6 +1014,16 @@ mod tests {
             let a = filled(out, 6);
             let sum = super::reduce_zip3(out, [&g, &a, &b], target, |g, a, b| g * a - b);
             assert_eq!(sum.shape(), target);
+            // the same sums, and the full-size values of zip3, from one pass
+            let (one_pass, full) = super::reduce_zip3_and_zip3(
+                [&g, &a, &b],
+                target,
+                |g, a, b| g * a - b,
+                |g, a, b| g / (b + 3.0) - a,
+            );
+            assert_eq!(one_pass, sum, "{out:?} -> {target:?}");
+            let two_passes = super::zip3(&g, &a, &b, |g, a, b| g / (b + 3.0) - a);
+            assert_eq!(full, two_passes, "{out:?} -> {target:?}");
             // the same sums in f64, element by element
             let terms = reference(out, &[&g, &a, &b], |v| v[0] * v[1] - v[2]);
             let kept: Vec<usize> = (0..out.len())

@@ -148,6 +148,12 @@ impl BackwardContext<'_> {
         Some(self.grad.clone())
     }
 
+    /// Whether parent `i` has gathered a gradient already (from operations
+    /// the reverse sweep visited before this one).
+    pub fn has_grad(&self, i: usize) -> bool {
+        self.parents[i].0.grad.borrow().is_some()
+    }
+
     /// Adds parent `i`'s gradient straight into the gradient it has
     /// gathered so far, if it has one: `add(acc)` must do `acc += ∂loss/∂input
     /// i`. Returns whether it did; if so, the rule returns `None` for parent

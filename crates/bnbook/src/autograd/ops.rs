@@ -69,6 +69,31 @@ fn grad_of(
 }
 // ANCHOR_END: grad_of
 
+/// Both inputs' gradients of a broadcasting binary operation whose local
+/// rules are `rule_a` and `rule_b`: [`grad_of`] for each, except that when
+/// one input is broadcast and the other, full-size, has no gradient yet (γ
+/// and `x̂` in `γ·x̂`, `centered` and the standard deviation in
+/// `centered / std`), both are computed in one pass over `g` and the
+/// operands instead of two. The same values either way.
+fn grads_of(
+    ctx: &BackwardContext,
+    rule_a: impl Fn(f32, f32, f32) -> f32 + Sync,
+    rule_b: impl Fn(f32, f32, f32) -> f32 + Sync,
+) -> Vec<Option<ArrayD<f32>>> {
+    let (g, a, b) = (ctx.grad, ctx.input(0), ctx.input(1));
+    let full = |x: &ArrayD<f32>| x.shape() == g.shape();
+    let one_pass = ctx.needs(0) && ctx.needs(1) && full(a) != full(b);
+    if one_pass && !ctx.has_grad(usize::from(full(b))) {
+        if full(a) {
+            let (db, da) = kernels::reduce_zip3_and_zip3([g, a, b], b.shape(), rule_b, rule_a);
+            return vec![Some(da), Some(db)];
+        }
+        let (da, db) = kernels::reduce_zip3_and_zip3([g, a, b], a.shape(), rule_a, rule_b);
+        return vec![Some(da), Some(db)];
+    }
+    vec![grad_of(ctx, 0, rule_a), grad_of(ctx, 1, rule_b)]
+}
+
 /// The gradient of input `i` of a broadcasting binary operation whose local
 /// derivative for it is 1 (`a + b`, `a` in `a − b`): `g` itself for a
 /// full-size input, handed on without a copy
@@ -121,10 +146,7 @@ impl Tensor {
         let y = zip_broadcast("mul", &self.value(), &other.value(), |a, b| a * b);
         // y = a·b:  ∂y/∂a = b, ∂y/∂b = a
         Tensor::from_op("mul", y, &[self, other], |ctx| {
-            vec![
-                grad_of(ctx, 0, |g, _, b| g * b),
-                grad_of(ctx, 1, |g, a, _| g * a),
-            ]
+            grads_of(ctx, |g, _, b| g * b, |g, a, _| g * a)
         })
     }
     // ANCHOR_END: mul
@@ -161,10 +183,7 @@ impl Tensor {
         let y = zip_broadcast("div", &self.value(), &other.value(), |a, b| a / b);
         // y = a / b:  ∂y/∂a = 1/b, ∂y/∂b = -a/b²
         Tensor::from_op("div", y, &[self, other], |ctx| {
-            vec![
-                grad_of(ctx, 0, |g, _, b| g / b),
-                grad_of(ctx, 1, |g, a, b| -g * a / (b * b)),
-            ]
+            grads_of(ctx, |g, _, b| g / b, |g, a, b| -g * a / (b * b))
         })
     }
     // ANCHOR_END: div
