@@ -164,10 +164,10 @@ impl BackwardContext<'_> {
     ///
     /// Declines (returns `false`, without calling `add`) when the parent
     /// needs no gradient, has none yet (or one not in standard layout), or
-    /// appears earlier among this
-    /// operation's parents without having been added to this way (`x * x`):
-    /// then the gradients reach it in parent order either way, so the sum
-    /// is the same to the last bit as when the engine adds them.
+    /// appears earlier among this operation's parents without having been
+    /// added to this way (the second operand of `x − x`, whose first one is
+    /// handed on): then the gradients reach it in parent order either way,
+    /// so the sum is the same to the last bit as when the engine adds them.
     pub fn add_into(&self, i: usize, add: impl FnOnce(&mut ArrayD<f32>)) -> bool {
         if !self.needs(i) {
             return false;
