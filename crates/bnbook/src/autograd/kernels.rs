@@ -692,26 +692,22 @@ fn reduce_groups<const WRITE: bool>(
     let sum_group = |(group, written): (usize, &mut [MaybeUninit<f32>])| {
         with_wide_vectors(|| sum_group_of(group, written))
     };
-    // each group's share of `written` (nothing without `WRITE`)
-    let share = if WRITE { per_group * block } else { 0 };
-    let partials: Vec<Vec<f32>> = match (groups > 1, WRITE) {
-        (true, true) => written
-            .par_chunks_mut(share)
-            .enumerate()
-            .map(sum_group)
-            .collect(),
-        (true, false) => (0..groups)
+    // each group's share of `written` (an empty one without `WRITE`)
+    let mut shares: Vec<&mut [MaybeUninit<f32>]> = if WRITE {
+        written.chunks_mut((per_group * block).max(1)).collect()
+    } else {
+        Vec::new()
+    };
+    shares.resize_with(groups, Default::default);
+    let tasks = shares.into_iter().enumerate();
+    let partials: Vec<Vec<f32>> = if groups > 1 {
+        tasks
+            .collect::<Vec<_>>()
             .into_par_iter()
-            .map(|group| sum_group((group, &mut [])))
-            .collect(),
-        (false, true) => written
-            .chunks_mut(share.max(1))
-            .enumerate()
             .map(sum_group)
-            .collect(),
-        (false, false) => (0..groups)
-            .map(|group| sum_group((group, &mut [])))
-            .collect(),
+            .collect()
+    } else {
+        tasks.map(sum_group).collect()
     };
     let mut result = vec![0.0_f32; target_len];
     for partial in &partials {
